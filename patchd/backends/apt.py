@@ -1,0 +1,346 @@
+"""The apt/dpkg backend (python-apt) for one managed root.
+
+Rules:
+- One root per process. python-apt keeps its configuration in process-global
+  state that cannot be reset, and the host's ``/etc/apt/apt.conf.d`` hooks
+  (needrestart, PackageKit) would leak into a managed root if it were read
+  first. So ``APT_CONFIG`` names a file with ``Dir`` set to the root *before*
+  python-apt is imported, and the backend refuses a process whose python-apt
+  already points elsewhere. The status file is checked to lie inside the root.
+- dpkg runs chrooted into a managed root (``DPkg::Chroot-Directory``), so
+  maintainer scripts act on the root, never on the host.
+- Every step holds the dpkg lock, waited for up to ``lock_timeout`` seconds;
+  a holder that does not let go gives ``LockTimeout`` naming the process.
+- ``apply`` marks exactly the plan's versions with ``auto_fix=False`` and
+  refuses to commit when apt's change set differs from the plan.
+- Any maintainer-script error fails ``apply``; ``check`` runs
+  ``dpkg --audit`` so a half-configured package can never pass.
+"""
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, Iterator, List, Optional
+
+import structlog
+
+from patchd.backends import apt_explain
+from patchd.core import errors
+from patchd.core.model import Action, Family, Operation, PackageChange, Plan, Request
+from patchd.core.names import DEFAULT_LOCK_TIMEOUT_S
+from patchd.core.ports import PackageBackend, Progress, no_progress
+
+log = structlog.get_logger(__name__)
+
+# Free space kept beyond what apt says the plan needs: the snapshot shares
+# blocks with the root, but every rewritten file costs its size again.
+SPACE_MARGIN_BYTES = 64 * 1024 * 1024
+LOCK_POLL_S = 0.2
+
+
+def _init_python_apt(root: str, config_dir: str):
+    """Import python-apt configured for ``root`` and return ``(apt, apt_pkg)``."""
+    if root != "/":
+        os.makedirs(config_dir, mode=0o700, exist_ok=True)
+        digest = hashlib.sha256(root.encode()).hexdigest()[:12]
+        path = os.path.join(config_dir, "apt-{}.conf".format(digest))
+        with open(path, "w") as f:
+            f.write('Dir "{0}/";\nDPkg::Chroot-Directory "{0}/";\n'.format(root))
+        if "apt_pkg" in sys.modules and os.environ.get("APT_CONFIG") != path:
+            raise errors.InternalError(
+                "python-apt is already initialised for another root in this "
+                "process; run one managed root per process")
+        os.environ["APT_CONFIG"] = path
+    # Maintainer scripts must never wait for a person.
+    os.environ["DEBIAN_FRONTEND"] = "noninteractive"
+    os.environ["APT_LISTCHANGES_FRONTEND"] = "none"
+    import apt
+    import apt_pkg
+    apt_pkg.init_config()
+    apt_pkg.init_system()
+    config = apt_pkg.config
+    config.set("DPkg::Use-Pty", "0")
+    config.set("Acquire::AllowInsecureRepositories", "false")
+    config.set("APT::Get::AllowUnauthenticated", "false")
+    options = config.value_list("DPkg::Options")
+    for option in ("--force-confdef", "--force-confold"):
+        if option not in options:
+            config.set("DPkg::Options::", option)
+    status = os.path.realpath(config.find_file("Dir::State::status"))
+    if root != "/" and not status.startswith(root + os.sep):
+        raise errors.InternalError(
+            "python-apt points at {} instead of the managed root {}".format(status, root))
+    return apt, apt_pkg
+
+
+class AptBackend(PackageBackend):
+    """``PackageBackend`` over python-apt for the root ``root``."""
+
+    family = Family.DEB.value
+
+    def __init__(self, root: str = "/", config_dir: str = "/var/lib/patchd",
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S):
+        self.root = os.path.realpath(root)
+        self.lock_timeout = lock_timeout
+        self._apt, self._apt_pkg = _init_python_apt(self.root, config_dir)
+        self._cache = None
+        self._lock_depth = 0
+
+    # -- locking --
+
+    @contextlib.contextmanager
+    def locked(self, timeout: Optional[float] = None) -> Iterator[None]:
+        """Hold dpkg's frontend lock; re-entrant within this backend."""
+        if self._lock_depth == 0:
+            self._acquire(timeout if timeout is not None else self.lock_timeout)
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                self._apt_pkg.pkgsystem_unlock()
+
+    def _acquire(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        waited = False
+        while True:
+            try:
+                self._apt_pkg.pkgsystem_lock()
+                return
+            except SystemError as exc:
+                message = _first_error(exc)
+            if time.monotonic() >= deadline:
+                raise errors.LockTimeout(
+                    "the package database of {} stayed locked for {:.0f} s: {}".format(
+                        self.root, timeout, message))
+            if not waited:
+                log.info("waiting for dpkg lock", root=self.root, holder=message)
+                waited = True
+            time.sleep(LOCK_POLL_S)
+
+    # -- reading --
+
+    def _open(self, fresh: bool = False):
+        """The package cache, reopened when the database may have changed."""
+        if self._cache is None:
+            self._cache = self._apt.Cache()
+        elif fresh:
+            self._cache.open()
+        self._cache.clear()
+        return self._cache
+
+    def refresh(self, progress: Progress = no_progress) -> None:
+        with self.locked():
+            cache = self._open()
+            try:
+                cache.update(_FetchProgress(progress), raise_on_error=True)
+            except self._apt.cache.FetchFailedException as exc:
+                raise apt_explain.fetch_error(str(exc)) from exc
+            self._open(fresh=True)
+
+    def installed(self) -> List[Dict[str, str]]:
+        cache = self._open(fresh=True)
+        return [{"name": pkg.shortname, "arch": pkg.installed.architecture,
+                 "version": pkg.installed.version}
+                for pkg in cache if pkg.is_installed]
+
+    def updates(self) -> Plan:
+        return self.plan(Request(Operation.UPGRADE))
+
+    # -- planning --
+
+    def plan(self, request: Request) -> Plan:
+        with self.locked():
+            cache = self._open(fresh=True)
+            apt_pkg = self._apt_pkg
+            resolver = apt_pkg.ProblemResolver(cache._depcache)
+            try:
+                with cache.actiongroup():
+                    self._mark_request(cache, resolver, request)
+                    if request.operation is not Operation.UPGRADE or request.packages:
+                        resolver.resolve()
+            except SystemError as exc:
+                explanation = apt_explain.broken(cache, _first_error(exc))
+                raise errors.DependencyProblem(explanation) from exc
+            if cache.broken_count:
+                raise errors.DependencyProblem(apt_explain.broken(cache, ""))
+            plan = self._plan_from_marks(cache)
+            apt_explain.refuse_held_changes(cache, plan, request)
+            return plan
+
+    def _mark_request(self, cache, resolver, request: Request) -> None:
+        op = request.operation
+        if op is Operation.UPGRADE and not request.packages:
+            cache.upgrade(dist_upgrade=False)
+            return
+        targets = [apt_explain.lookup(cache, spec, op) for spec in request.packages]
+        for pkg, version in targets:
+            apt_explain.refuse_if_held(pkg, version, op)
+            resolver.clear(pkg._pkg)
+            resolver.protect(pkg._pkg)
+            if op is Operation.REMOVE:
+                resolver.remove(pkg._pkg)
+            elif version is not None:
+                pkg.candidate = version
+        # Mark after protecting every target, as apt-get does: marking one by
+        # one lets a later mark silently undo an earlier conflicting one.
+        for pkg, _version in targets:
+            if op is Operation.REMOVE:
+                pkg.mark_delete(auto_fix=False)
+            else:
+                pkg.mark_install(auto_fix=False, from_user=True)
+
+    def _plan_from_marks(self, cache) -> Plan:
+        depcache = cache._depcache
+        changes = []
+        for pkg in cache.get_changes():
+            old = pkg.installed.version if pkg.installed else None
+            if pkg.marked_delete:
+                action, new, arch = Action.REMOVE, None, pkg.installed.architecture
+            else:
+                new, arch = pkg.candidate.version, pkg.candidate.architecture
+                if pkg.marked_install:
+                    action = Action.INSTALL
+                elif pkg.marked_upgrade:
+                    action = Action.UPGRADE
+                elif pkg.marked_downgrade:
+                    action = Action.DOWNGRADE
+                else:
+                    action = Action.REINSTALL
+            auto = bool(pkg.marked_install and depcache.is_auto_installed(pkg._pkg))
+            changes.append(PackageChange(pkg.shortname, arch, old, new, action, auto))
+        return Plan(tuple(changes), int(cache.required_download), int(cache.required_space))
+
+    # -- executing --
+
+    def _mark_plan(self, plan: Plan):
+        """Mark exactly ``plan`` on a fresh cache; refuse when apt disagrees."""
+        cache = self._open(fresh=True)
+        with cache.actiongroup():
+            for change in plan.changes:
+                pkg = apt_explain.package_for(cache, change)
+                if change.action is Action.REMOVE:
+                    pkg.mark_delete(auto_fix=False)
+                    continue
+                version = pkg.versions.get(change.new)
+                if version is None:
+                    raise errors.PackageNotFound(
+                        "{} {} is no longer in any configured repository".format(
+                            change.name, change.new))
+                pkg.candidate = version
+                if change.action is Action.REINSTALL:
+                    pkg.mark_reinstall()
+                else:
+                    pkg.mark_install(auto_fix=False, auto_inst=False, from_user=not change.auto)
+        marked = self._plan_from_marks(cache)
+        if cache.broken_count or _keys(marked) != _keys(plan):
+            raise errors.DependencyProblem(
+                "the repositories or the installed packages changed since the "
+                "plan was made; the plan no longer applies as is",
+                "Plan again; nothing was changed.")
+        return cache
+
+    def download(self, plan: Plan, progress: Progress = no_progress) -> None:
+        with self.locked():
+            cache = self._mark_plan(plan)
+            for pkg in cache.get_changes():
+                if pkg.marked_delete:
+                    continue
+                if not any(origin.trusted for origin in pkg.candidate.origins):
+                    raise errors.VerificationFailed(
+                        "{} {} comes from a repository without a valid signature".format(
+                            pkg.shortname, pkg.candidate.version))
+            self._check_space(plan)
+            try:
+                # apt checks every archive's size and hash against the
+                # signed index while fetching; a mismatch fails the fetch.
+                cache.fetch_archives(_FetchProgress(progress))
+            except self._apt.cache.FetchFailedException as exc:
+                raise errors.DownloadFailed(_first_error(exc)) from exc
+            except SystemError as exc:
+                raise errors.VerificationFailed(_first_error(exc)) from exc
+
+    def _check_space(self, plan: Plan) -> None:
+        stat = os.statvfs(self.root)
+        free = stat.f_bavail * stat.f_frsize
+        needed = plan.download_bytes + max(plan.install_delta_bytes, 0) + SPACE_MARGIN_BYTES
+        if free < needed:
+            raise errors.InsufficientSpace(
+                "{} MiB free on {}, the transaction needs about {} MiB".format(
+                    free >> 20, self.root, needed >> 20))
+
+    def apply(self, plan: Plan, progress: Progress = no_progress) -> None:
+        with self.locked():
+            cache = self._mark_plan(plan)
+            install_progress = _InstallProgress(self._apt, progress)
+            try:
+                ok = cache.commit(_FetchProgress(no_progress), install_progress)
+            except SystemError as exc:
+                ok = False
+                log.warning("dpkg failed", error=_first_error(exc))
+            finally:
+                self._cache = None   # dpkg changed the database under it
+            if install_progress.script_errors:
+                raise errors.ScriptFailed("; ".join(install_progress.script_errors))
+            if not ok:
+                raise errors.ApplyFailed("dpkg did not complete the plan")
+
+    def check(self, plan: Plan) -> None:
+        audit = subprocess.run(
+            ["dpkg", "--root=" + self.root, "--audit"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if audit.returncode != 0 or audit.stdout.strip():
+            raise errors.CheckFailed("dpkg --audit reports: " + audit.stdout.strip())
+        cache = self._open(fresh=True)
+        for change in plan.changes:
+            pkg = apt_explain.package_for(cache, change, missing_ok=True)
+            have = pkg.installed.version if pkg is not None and pkg.installed else None
+            if have != change.new:
+                raise errors.CheckFailed("{} is at {} instead of {}".format(
+                    change.name, have or "(not installed)", change.new or "(removed)"))
+
+
+def _keys(plan: Plan):
+    return {(c.name, c.arch, c.new, c.action) for c in plan.changes}
+
+
+def _first_error(exc: Exception) -> str:
+    """apt's messages look like ``E:text, W:text``; keep them readable."""
+    return str(exc).replace("E:", "").replace("W:", "").strip()
+
+
+class _FetchProgress:
+    """Adapts apt's acquire progress to a ``Progress`` callback."""
+
+    def __new__(cls, progress: Progress):
+        import apt.progress.base
+
+        class Adapter(apt.progress.base.AcquireProgress):
+            def pulse(self, owner):
+                if self.total_bytes:
+                    progress(self.current_bytes / self.total_bytes, "downloading")
+                return True
+
+        return Adapter()
+
+
+class _InstallProgress:
+    """Adapts dpkg's status pipe; collects every maintainer-script error."""
+
+    def __new__(cls, apt_module, progress: Progress):
+        class Adapter(apt_module.progress.base.InstallProgress):
+            script_errors = []   # type: List[str]
+
+            def status_change(self, pkg, percent, status):
+                progress(percent / 100.0, "{}: {}".format(pkg, status))
+
+            def error(self, pkg, errormsg):
+                self.script_errors.append("{}: {}".format(pkg, errormsg.strip()))
+
+        adapter = Adapter()
+        adapter.script_errors = []
+        return adapter
