@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Tuple
 
-from patchd.core import errors
+from patchd.core import errors, names
 
 __all__ = ["Family", "Operation", "Action", "State", "Request", "PackageChange",
            "Plan", "SnapshotRef", "Transaction", "Report", "replace"]
@@ -161,6 +161,10 @@ class Transaction:
     plan: Optional[Plan] = None
     snapshot: Optional[SnapshotRef] = None
     error: Optional[errors.PatchdError] = None
+
+    def __post_init__(self):
+        if not names.is_valid_transaction_id(self.id):
+            raise errors.InvalidRequest("{!r} is not a valid transaction id".format(self.id))
 
     def to_dict(self) -> Dict[str, Any]:
         return {

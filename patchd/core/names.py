@@ -5,6 +5,8 @@ snapshot naming scheme. Other modules import these constants instead of
 spelling the strings again, so a contract change is a one-line diff here.
 """
 
+import re
+
 BUS_NAME = "org.patchd.Patchd1"
 OBJECT_PATH = "/org/patchd/Patchd1"
 MANAGER_INTERFACE = "org.patchd.Patchd1.Manager"
@@ -35,6 +37,14 @@ SNAPSHOT_PREFIX = "patchd-"
 # state of a failed transaction for diagnosis until retention removes it.
 SNAPSHOT_PRE = "pre"
 SNAPSHOT_FAILED = "failed"
+
+
+_TX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def is_valid_transaction_id(tx_id: str) -> bool:
+    """Ids end up in snapshot names and file names: no ``/``, no leading dot."""
+    return bool(_TX_ID.match(tx_id))
 
 
 def snapshot_name(tx_id: str, role: str) -> str:

@@ -38,6 +38,13 @@ def test_error_codes_are_unique_and_round_trip():
     assert isinstance(errors.from_dict({"code": "no-such"}), errors.InternalError)
 
 
+def test_transaction_ids_are_safe_for_file_names():
+    import pytest
+    for bad in ("", "../x", "a/b", ".hidden", "x" * 65):
+        with pytest.raises(errors.InvalidRequest):
+            Transaction(bad, Request(Operation.UPGRADE))
+
+
 def test_snapshot_names_parse_back():
     name = names.snapshot_name("20261121-000000-abcdef", names.SNAPSHOT_PRE)
     assert names.parse_snapshot_name(name) == ("20261121-000000-abcdef", "pre")
