@@ -8,6 +8,7 @@ need root.
 
 Exit codes: 0 done, 1 failed with the system untouched, 2 failed and rolled
 back, 3 rollback failed (needs an administrator), 64 bad usage, 70 bug.
+``recover`` exits 0 when everything converged, 3 when a rollback failed.
 """
 
 import argparse
@@ -141,7 +142,9 @@ def _dispatch(args, config: compose.Config, out: HumanOutput) -> int:
         _emit(args, [t.to_dict() for t in recovered],
               ["{}: {}".format(t.id, t.state.value) for t in recovered]
               or ["nothing to recover"])
-        return max([EXIT_CODES[t.state] for t in recovered] or [0])
+        # Converging is success; only a failed rollback needs the admin.
+        failed = [t for t in recovered if t.state is State.ROLLBACK_FAILED]
+        return EXIT_CODES[State.ROLLBACK_FAILED] if failed else 0
     request = Request(Operation(command), tuple(args.packages))
     out.say("transaction: {} {}".format(command, " ".join(args.packages)).rstrip())
     tx = runner.run(request, tx_id=args.id)

@@ -56,8 +56,7 @@ class Endpoint:
         if failpoint:
             env["PATCHD_FAILPOINT"] = failpoint
         return subprocess.run(self.command(*args), env=env, cwd=str(REPO_ROOT),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout)
 
     def patchd_json(self, *args: str, failpoint: Optional[str] = None):
         """``patchd --json ARGS``: (exit code, parsed output or None, stderr)."""

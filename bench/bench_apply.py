@@ -1,0 +1,130 @@
+"""patchd apply versus raw ``apt-get install`` of the same packages, same run.
+
+Usage: ``make bench`` (or ``.venv/bin/python bench/bench_apply.py [rounds]``).
+
+Each round clones the same base endpoint twice (btrfs snapshots), upgrades
+PACKAGES bench packages (FILES files each) from 1.0 to 1.1 once with
+``apt-get install`` (APT_CONFIG confined to the root, dpkg chrooted) and once
+with ``patchd install``, alternating which goes first. Printed per round and
+as medians:
+
+- apt-get wall time;
+- patchd's apply step (journal: ``applying`` row to ``checking`` row) and
+  the ratio to apt-get: the overhead of patchd's pinned apply;
+- patchd's whole transaction (process start to exit: plan, download and
+  verify, snapshot, apply, dpkg --audit, journal) and its ratio;
+- the snapshot step (``snapshotting`` to ``applying``);
+- a live rollback after a failing postinst at the end of the same upgrade
+  (``rolling_back`` to ``rolled_back``).
+"""
+
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from patchd.store.journal import SqliteJournal
+from tests.lab import btrfs as lab_btrfs
+from tests.lab.debs import DebSpec, build_deb
+from tests.lab.endpoint import Lab, publish_repo
+from tests.lab.roots import set_sources, write_apt_config
+
+PACKAGES = 40
+FILES = 30
+NAMES = ["bench-{:02d}".format(i) for i in range(PACKAGES)]
+
+
+def bench_debs(outdir: pathlib.Path):
+    debs = {}
+    for name in NAMES:
+        for version in ("1.0", "1.1"):
+            files = tuple(("/usr/share/{}/data-{:02d}.txt".format(name, i),
+                           "{} {} file {}\n".format(name, version, i) * 200)
+                          for i in range(FILES))
+            spec = DebSpec(name, version, files=files, description="benchmark package")
+            debs[(name, version)] = build_deb(spec, outdir)
+    return debs
+
+
+def timed(cmd, env=None) -> float:
+    started = time.monotonic()
+    result = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    elapsed = time.monotonic() - started
+    if result.returncode not in (0, 2):
+        raise RuntimeError("{} failed:\n{}".format(cmd, result.stdout))
+    return elapsed
+
+
+def step_seconds(endpoint, tx_id: str, start: str, end: str) -> float:
+    journal = SqliteJournal(str(endpoint.state_dir / "journal.db"))
+    try:
+        at = {}
+        for event in journal.events(tx_id):
+            at.setdefault(event.state, event.at)
+        return at[end] - at[start]
+    finally:
+        journal.close()
+
+
+def main() -> int:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    base = pathlib.Path(tempfile.mkdtemp(prefix="patchd-bench-"))
+    with Lab(base) as lab:
+        repo = publish_repo(base, bench_debs(base / "bench-debs"), lab._key, name="bench-repo")
+        seed = lab.endpoint()
+        set_sources(seed.root, [lab.repo.source_line(keyring=lab.keyring),
+                                repo.source_line(keyring=lab.keyring)])
+        for args in (("refresh",), ("install",) + tuple(n + "=1.0" for n in NAMES)):
+            if seed.patchd(*args).returncode != 0:
+                raise RuntimeError("seeding failed")
+        upgrade = [n + "=1.1" for n in NAMES]
+        rows = []
+        for i in range(rounds):
+            raw, ours = lab.endpoint(seed.root), lab.endpoint(seed.root)
+            conf = write_apt_config(raw.root, raw.state_dir / "apt.conf")
+            apt_cmd = ["apt-get", "-y", "-q", "install"] + upgrade
+            apt_env = dict(os.environ, APT_CONFIG=str(conf), DEBIAN_FRONTEND="noninteractive")
+            tx_id = "bench-{}".format(i)
+            patchd_cmd = ours.command("install", "--id", tx_id, *upgrade)
+            patchd_env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parent.parent))
+            if i % 2:
+                total = timed(patchd_cmd, patchd_env)
+                apt_s = timed(apt_cmd, apt_env)
+            else:
+                apt_s = timed(apt_cmd, apt_env)
+                total = timed(patchd_cmd, patchd_env)
+            apply_s = step_seconds(ours, tx_id, "applying", "checking")
+            snap_s = step_seconds(ours, tx_id, "snapshotting", "applying")
+            failing = lab.endpoint(seed.root)
+            fail_id = "bench-fail-{}".format(i)
+            timed(failing.command("install", "--id", fail_id, "demo-app=1.2", *upgrade),
+                  patchd_env)
+            rollback_s = step_seconds(failing, fail_id, "rolling_back", "rolled_back")
+            rows.append((apt_s, apply_s, total, snap_s, rollback_s))
+            print("round {}: apt-get {:.3f} s | patchd apply {:.3f} s ({:.2f}x) | "
+                  "patchd transaction {:.3f} s ({:.2f}x) | snapshot {:.1f} ms | "
+                  "live rollback {:.0f} ms".format(
+                      i + 1, apt_s, apply_s, apply_s / apt_s, total, total / apt_s,
+                      snap_s * 1000, rollback_s * 1000), flush=True)
+            for endpoint in (raw, ours, failing):
+                lab.discard(endpoint)
+        med = [statistics.median(col) for col in zip(*rows)]
+        print()
+        print("{} packages x {} files, {} rounds, medians:".format(PACKAGES, FILES, rounds))
+        print("  apt-get install          {:.3f} s".format(med[0]))
+        print("  patchd apply step        {:.3f} s  ratio {:.2f}".format(med[1], med[1] / med[0]))
+        print("  patchd whole transaction {:.3f} s  ratio {:.2f}".format(med[2], med[2] / med[0]))
+        print("  snapshot                 {:.1f} ms".format(med[3] * 1000))
+        print("  live rollback            {:.0f} ms".format(med[4] * 1000))
+        lab_btrfs.remove_tree(seed.root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
