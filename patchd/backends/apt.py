@@ -88,6 +88,11 @@ class AptBackend(PackageBackend):
         self._apt, self._apt_pkg = _init_python_apt(self.root, config_dir)
         self._cache = None
         self._lock_depth = 0
+        self._lock_generation = 0
+        # (plan, lock generation) whose marks the open cache holds: apply can
+        # reuse download's marks when the lock was held in between, because
+        # then nothing can have changed the database.
+        self._marked = None
 
     # -- locking --
 
@@ -96,6 +101,7 @@ class AptBackend(PackageBackend):
         """Hold dpkg's frontend lock; re-entrant within this backend."""
         if self._lock_depth == 0:
             self._acquire(timeout if timeout is not None else self.lock_timeout)
+            self._lock_generation += 1
         self._lock_depth += 1
         try:
             yield
@@ -126,6 +132,7 @@ class AptBackend(PackageBackend):
 
     def _open(self, fresh: bool = False):
         """The package cache, reopened when the database may have changed."""
+        self._marked = None
         if self._cache is None:
             self._cache = self._apt.Cache()
         elif fresh:
@@ -136,10 +143,11 @@ class AptBackend(PackageBackend):
     def refresh(self, progress: Progress = no_progress) -> None:
         with self.locked():
             cache = self._open()
+            fetch = _FetchProgress(progress)
             try:
-                cache.update(_FetchProgress(progress), raise_on_error=True)
+                cache.update(fetch, raise_on_error=True)
             except self._apt.cache.FetchFailedException as exc:
-                raise apt_explain.fetch_error(str(exc)) from exc
+                raise apt_explain.fetch_error(str(exc), fetch.failures) from exc
             self._open(fresh=True)
 
     def installed(self) -> List[Dict[str, str]]:
@@ -170,6 +178,7 @@ class AptBackend(PackageBackend):
                 raise errors.DependencyProblem(apt_explain.broken(cache, ""))
             plan = self._plan_from_marks(cache)
             apt_explain.refuse_held_changes(cache, plan, request)
+            apt_explain.refuse_unmet_request(cache, request)
             return plan
 
     def _mark_request(self, cache, resolver, request: Request) -> None:
@@ -188,11 +197,16 @@ class AptBackend(PackageBackend):
                 pkg.candidate = version
         # Mark after protecting every target, as apt-get does: marking one by
         # one lets a later mark silently undo an earlier conflicting one.
-        for pkg, _version in targets:
-            if op is Operation.REMOVE:
-                pkg.mark_delete(auto_fix=False)
-            else:
-                pkg.mark_install(auto_fix=False, from_user=True)
+        # Installs are marked twice, like apt-get: first without dependencies
+        # (apt >= 2 refuses to mark at all, silently, a package whose
+        # dependencies cannot be met, which would turn into an empty plan),
+        # then with them.
+        for auto_inst in (False, True):
+            for pkg, _version in targets:
+                if op is Operation.REMOVE:
+                    pkg.mark_delete(auto_fix=False)
+                else:
+                    pkg.mark_install(auto_fix=False, auto_inst=auto_inst, from_user=True)
 
     def _plan_from_marks(self, cache) -> Plan:
         depcache = cache._depcache
@@ -219,6 +233,8 @@ class AptBackend(PackageBackend):
 
     def _mark_plan(self, plan: Plan):
         """Mark exactly ``plan`` on a fresh cache; refuse when apt disagrees."""
+        if self._cache is not None and self._marked == (plan, self._lock_generation):
+            return self._cache
         cache = self._open(fresh=True)
         with cache.actiongroup():
             for change in plan.changes:
@@ -242,6 +258,7 @@ class AptBackend(PackageBackend):
                 "the repositories or the installed packages changed since the "
                 "plan was made; the plan no longer applies as is",
                 "Plan again; nothing was changed.")
+        self._marked = (plan, self._lock_generation)
         return cache
 
     def download(self, plan: Plan, progress: Progress = no_progress) -> None:
@@ -283,7 +300,7 @@ class AptBackend(PackageBackend):
                 ok = False
                 log.warning("dpkg failed", error=_first_error(exc))
             finally:
-                self._cache = None   # dpkg changed the database under it
+                self._cache = self._marked = None   # dpkg changed the database
             if install_progress.script_errors:
                 raise errors.ScriptFailed("; ".join(install_progress.script_errors))
             if not ok:
@@ -314,18 +331,28 @@ def _first_error(exc: Exception) -> str:
 
 
 class _FetchProgress:
-    """Adapts apt's acquire progress to a ``Progress`` callback."""
+    """Adapts apt's acquire progress to a ``Progress`` callback and keeps each
+    failed item's error text (python-apt's exception often has none)."""
 
     def __new__(cls, progress: Progress):
         import apt.progress.base
 
         class Adapter(apt.progress.base.AcquireProgress):
+            failures = []   # type: List[str]
+
             def pulse(self, owner):
                 if self.total_bytes:
                     progress(self.current_bytes / self.total_bytes, "downloading")
                 return True
 
-        return Adapter()
+            def fail(self, item):
+                text = item.owner.error_text
+                if text and item.owner.status != item.owner.STAT_IDLE:
+                    self.failures.append("{}: {}".format(item.description, text))
+
+        adapter = Adapter()
+        adapter.failures = []
+        return adapter
 
 
 class _InstallProgress:

@@ -82,6 +82,24 @@ def refuse_held_changes(cache, plan: Plan, request: Request) -> None:
             ", ".join("{} {}".format(c.name, c.old) for c in held)))
 
 
+def refuse_unmet_request(cache, request: Request) -> None:
+    """Every named package must end up as asked, never be dropped silently."""
+    for spec in request.packages:
+        pkg, version = lookup(cache, spec, request.operation)
+        if request.operation is Operation.REMOVE:
+            ok = pkg.marked_delete
+        else:
+            target = version or pkg.candidate
+            ok = pkg.candidate == target and (
+                pkg.marked_install or pkg.marked_upgrade or pkg.marked_downgrade
+                or pkg.installed == target)
+        if not ok:
+            raise errors.DependencyProblem(
+                "{} cannot be {}: {}".format(spec, "removed" if request.operation is
+                                             Operation.REMOVE else "installed",
+                                             broken(cache, "")))
+
+
 def package_for(cache, change: PackageChange, missing_ok: bool = False):
     """The cache entry for a change's name and architecture."""
     candidates = [change.name, "{}:{}".format(change.name, change.arch)]
@@ -152,9 +170,11 @@ def _describe(group) -> str:
     return " | ".join(parts)
 
 
-def fetch_error(message: str) -> errors.PatchdError:
-    """Classify an ``apt-get update`` failure."""
-    text = message.replace("E:", "").replace("W:", "").strip()
+def fetch_error(message: str, failures: List[str]) -> errors.PatchdError:
+    """Classify an ``apt-get update`` failure from apt's message and the
+    error texts of the items that failed."""
+    parts = [message.replace("E:", "").replace("W:", "").strip()] + failures
+    text = "; ".join(part for part in parts if part) or "apt could not fetch the indexes"
     if any(marker in text for marker in _UNSIGNED_MARKERS):
         return errors.RepositoryUnsigned(text)
     return errors.RepositoryUnavailable(text)
