@@ -32,7 +32,7 @@ import logging
 import os
 import struct
 import subprocess
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Callable, Iterable, List, Sequence, Tuple
 
 import btrfsutil
 
@@ -261,7 +261,7 @@ class BtrfsSnapshotter(Snapshotter):
     def _send(parent: str, snapshot: str) -> bytes:
         proc = subprocess.run(
             ["btrfs", "send", "--no-data", "-q", "-p", parent, snapshot],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+            capture_output=True, check=False)
         if proc.returncode != 0:
             raise OSError(errno.EIO, "btrfs send failed (exit {}): {}".format(
                 proc.returncode, proc.stderr.decode(errors="replace").strip()))

@@ -174,7 +174,7 @@ def copy_data(sfd: int, tfd: int) -> None:
             view = view[os.write(tfd, view):]
 
 
-class Tree(object):
+class Tree:
     """A directory tree reached only through O_NOFOLLOW directory fds."""
 
     def __init__(self, root: str):

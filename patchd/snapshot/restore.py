@@ -39,7 +39,7 @@ RestoreResult = namedtuple("RestoreResult", "paths changed")
 RestoreResult.__doc__ = "How many paths were asked for; the entries that had to change."
 
 
-class _Restorer(object):
+class _Restorer:
     """One restore run: the two trees, what changed, what is left to do."""
 
     def __init__(self, source_root: str, target_root: str, exclude: Sequence[str],

@@ -30,7 +30,7 @@ import os
 import re
 import struct
 from collections import namedtuple
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Iterator, List, Optional, Set, Tuple
 
 __all__ = ["Command", "COMMAND_NAMES", "parse", "mentioned_paths", "changed_paths",
            "ROOT"]
@@ -188,7 +188,7 @@ def mentioned_paths(data: bytes) -> Set[str]:
     return found
 
 
-class _Node(object):
+class _Node:
     """One name in a tree that follows names through renames."""
 
     __slots__ = ("name", "parent", "children", "gone")
@@ -200,7 +200,7 @@ class _Node(object):
         self.gone = None    # type: Optional[str]  # path it had when removed
 
 
-class _Names(object):
+class _Names:
     """Nodes for the paths seen so far; renames move nodes, removals detach them.
 
     A node stands for "the dentry that had this path at that moment", so its

@@ -35,8 +35,7 @@ def _missing() -> str:
 
 
 def _run(*cmd: str) -> str:
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError("{} failed: {}".format(" ".join(cmd), proc.stderr.strip()))
     return proc.stdout

@@ -159,7 +159,7 @@ def _dump(stream_file, subvol):
     """[(command name, path, {key: value})] from btrfs receive --dump."""
     out = subprocess.run(["btrfs", "receive", "--dump", "-f", stream_file],
                          stdout=subprocess.PIPE, check=True,
-                         universal_newlines=True).stdout
+                         text=True).stdout
     prefix = "./" + subvol
     rows = []
     for line in out.splitlines():
