@@ -67,7 +67,7 @@ class HumanOutput:
     def on_state(self, tx: Transaction, intent: str) -> None:
         state = tx.state
         if state is State.RESOLVED and tx.plan is not None:
-            self.say("  plan ({} changes):".format(len(tx.plan.changes)))
+            self.say("  plan, {} change(s):".format(len(tx.plan.changes)))
             for change in tx.plan.changes:
                 self.say("    " + change.describe())
         elif state is State.SNAPSHOTTING:

@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import os
 import sys
+import time
 import uuid
 from typing import Callable, Iterator, List, Optional
 
@@ -89,7 +90,11 @@ class TransactionRunner:
                         effects = engine.feed(eng.Failed(exc))
                         continue
                     locked = True
+                started = time.monotonic()
                 outcome = self._perform(effect, engine.tx, tx_log)
+                tx_log.info("step finished", step=type(effect).__name__,
+                            ms=round((time.monotonic() - started) * 1000, 1),
+                            outcome=type(outcome).__name__ if outcome else None)
                 if outcome is not None:
                     self.failpoints.hit("after:" + type(effect).__name__)
                     effects = engine.feed(outcome) + effects

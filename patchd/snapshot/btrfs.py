@@ -107,12 +107,13 @@ class BtrfsSnapshotter(Snapshotter):
     def take(self, ref: SnapshotRef) -> SnapshotRef:
         dest = self._path(ref.name)
         try:
-            # The snapshot ioctl flushes the root's own dirty data; committing
-            # first also settles writes made through other paths (the package
-            # database's fsyncs, the journal) so the snapshot starts from a
-            # durable generation. Committing after makes the snapshot itself
-            # survive a crash right after take() returns.
-            btrfsutil.sync(self.root)
+            # No sync before: the snapshot ioctl itself flushes the subvolume's
+            # dirty data (btrfs_start_delalloc_snapshot) and creates the
+            # snapshot in a transaction commit, so everything written to the
+            # root before this call is in it. A full sync first only doubled
+            # the flush (measured: 85 ms -> 29 ms median step, bench/). The
+            # sync after makes sure the commit is on disk before the journal
+            # says the snapshot exists.
             self._drop(dest)       # a stale one from before a crash
             btrfsutil.create_snapshot(self.root, dest, read_only=True)
             btrfsutil.sync(self.root)
