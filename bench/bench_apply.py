@@ -20,6 +20,7 @@ as medians:
 
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -142,6 +143,7 @@ def main() -> int:
             med[5] * 1000))
         print("  live rollback            {:.0f} ms".format(med[4] * 1000))
         lab_btrfs.remove_tree(seed.root)
+    shutil.rmtree(str(base), ignore_errors=True)   # the lab unmounted its btrfs
     return 0
 
 

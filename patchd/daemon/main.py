@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("recover", help="converge transactions interrupted by a crash")
     history = sub.add_parser("history", help="past transactions, newest first")
     history.add_argument("--limit", type=int, default=20)
-    sub.add_parser("snapshots", help="patchd's snapshots")
+    snapshots = sub.add_parser("snapshots", help="list patchd's snapshots, or delete one")
+    snapshots.add_argument("--delete", metavar="NAME", help="delete this snapshot")
+    sub.add_parser("installed", help="installed packages")
     return parser
 
 
@@ -122,10 +124,18 @@ def _dispatch(args, config: compose.Config, out: HumanOutput) -> int:
                for e in entries])
         return 0
     if command == "snapshots":
-        refs = compose.build_snapshotter(config).list()
+        snapshotter = compose.build_snapshotter(config)
+        refs = snapshotter.list()
+        if args.delete:
+            _delete_snapshot(snapshotter, refs, args.delete, compose.build_journal(config))
+            refs = snapshotter.list()
         _emit(args, [r.to_dict() for r in refs], [r.name for r in refs])
         return 0
     backend = compose.build_backend(config)
+    if command == "installed":
+        packages = backend.installed()
+        _emit(args, packages, ["{name} {version} {arch}".format(**p) for p in packages])
+        return 0
     if command == "refresh":
         backend.refresh()
         out.say("repositories refreshed")
@@ -151,6 +161,20 @@ def _dispatch(args, config: compose.Config, out: HumanOutput) -> int:
     if args.json:
         print(json.dumps(tx.to_dict()))
     return EXIT_CODES.get(tx.state, EXIT_BUG)
+
+
+def _delete_snapshot(snapshotter, refs, name: str, journal) -> None:
+    """Delete a snapshot unless an unfinished transaction still needs it."""
+    matching = [r for r in refs if r.name == name]
+    if not matching:
+        raise errors.InvalidRequest("no patchd snapshot named {}".format(name),
+                                    "List them with: patchd snapshots")
+    parsed = names.parse_snapshot_name(name)
+    if parsed and parsed[0] in {t.id for t in journal.unfinished()}:
+        raise errors.InvalidRequest(
+            "snapshot {} belongs to an unfinished transaction".format(name),
+            "Run patchd recover first.")
+    snapshotter.delete(matching[0])
 
 
 def _emit(args, data, lines: List[str]) -> None:

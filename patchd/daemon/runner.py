@@ -28,6 +28,7 @@ from patchd.core import errors
 from patchd.core.model import Request, State, Transaction
 from patchd.core.ports import Journal, PackageBackend, Snapshotter
 from patchd.core.states import TERMINAL
+from patchd.daemon import logsetup
 from patchd.daemon.failpoints import Failpoints
 
 log = structlog.get_logger(__name__)
@@ -75,6 +76,7 @@ class TransactionRunner:
     def _drive(self, engine: eng.Engine, effects: List[eng.Effect]) -> Transaction:
         tx_log = log.bind(tx=engine.tx.id)
         with contextlib.ExitStack() as stack:
+            stack.enter_context(logsetup.transaction_context(engine.tx.id))
             locked = False
             while effects:
                 effect = effects.pop(0)

@@ -53,6 +53,9 @@ def test_failing_postinst_rolls_back_live(endpoint):
     assert endpoint.demo_versions() == BASE
     assert endpoint.audit() == ""
     assert changed_paths(before, tree_fingerprint(endpoint.root)) == []
+    # Every file equals the pre snapshot, caches included.
+    snapshot = tree_fingerprint(tx["snapshot"]["path"])
+    assert changed_paths(snapshot, tree_fingerprint(endpoint.root), exclude=()) == []
     # The broken state is kept for diagnosis beside the pre snapshot.
     names = endpoint.snapshots()
     assert tx["snapshot"]["name"] in names
@@ -168,6 +171,23 @@ def test_lock_is_waited_for(endpoint):
     assert code == 0, tx
     assert time.monotonic() - started >= 1.0
     assert endpoint.demo_versions()["demo-app"] == ("1.1", "ii")
+
+
+def test_snapshots_can_be_deleted(endpoint):
+    code, tx, _ = endpoint.patchd_json("install", "demo-lib=1.1")
+    assert code == 0
+    name = tx["snapshot"]["name"]
+    code, snaps, _ = endpoint.patchd_json("snapshots", "--delete", name)
+    assert code == 0 and snaps == [] and endpoint.snapshots() == []
+    code, out, _ = endpoint.patchd_json("snapshots", "--delete", name)
+    assert code == 1 and out["error"]["code"] == "invalid-request"
+
+
+def test_installed_lists_the_roots_packages(endpoint):
+    code, packages, _ = endpoint.patchd_json("installed")
+    assert code == 0
+    found = {p["name"]: p["version"] for p in packages}
+    assert found["demo-app"] == "1.0" and "apt" in found and "dpkg" in found
 
 
 def test_retention_keeps_last_n(endpoint):
