@@ -14,7 +14,7 @@ demo: setup
 	$(PY) demo/demo.py
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	PATCHD_REQUIRE_LAB=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(PY) -m pytest -m lint

@@ -33,4 +33,17 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check \
     "ruff==0.8.6" "vermin==1.9.2"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+# A real Python 3.7 (UOS 20's system Python), where the machine has one
+# (pyenv here), runs the pure-Python tests as a check beyond vermin.
+py37=""
+for candidate in "$HOME"/.pyenv/versions/3.7*/bin/python3.7 /usr/bin/python3.7; do
+    if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 7)' 2>/dev/null; then
+        py37=$candidate
+        break
+    fi
+done
+if [ -n "$py37" ] && [ ! -x .venv37/bin/python ]; then
+    "$py37" -m venv .venv37
+    .venv37/bin/python -m pip install -q --disable-pip-version-check pytest structlog
+fi
 touch .venv/.setup-done
