@@ -4,15 +4,23 @@ Rules:
 - The backend is chosen by probing the root (dpkg status present: apt).
 - patchd's own state never rolls back: when the state directory lies inside
   the root, it is excluded from snapshot restores.
+- On the booted ``/``, users' and services' data is not package state and is
+  never rolled back with it (``LIVE_ROOT_EXCLUDE``): losing a user's file or
+  the log of the failure itself to a rollback would be worse than the failed
+  update. Managed roots (tests, containers) are restored whole.
 """
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 from patchd.core import errors, names
 from patchd.daemon.failpoints import Failpoints
 from patchd.daemon.runner import ProgressListener, StateListener, TransactionRunner
+
+
+LIVE_ROOT_EXCLUDE = ("home", "root", "srv", "tmp", "var/tmp", "var/log", "var/spool",
+                     "var/mail", "var/crash", "mnt", "media")
 
 
 @dataclass(frozen=True)
@@ -46,14 +54,20 @@ def build_journal(config: Config):
     return SqliteJournal(config.journal_path)
 
 
-def build_snapshotter(config: Config):
-    from patchd.snapshot.btrfs import BtrfsSnapshotter
-    root = os.path.realpath(config.root)
-    state = os.path.realpath(config.state_dir)
-    exclude = []
+def restore_exclusions(root: str, state_dir: str) -> List[str]:
+    """Paths (relative to ``root``) a rollback must leave as they are."""
+    root = os.path.realpath(root)
+    state = os.path.realpath(state_dir)
+    exclude = list(LIVE_ROOT_EXCLUDE) if root == "/" else []
     if state.startswith(root.rstrip("/") + "/"):
         exclude.append(os.path.relpath(state, root))
-    return BtrfsSnapshotter(root, config.snapshot_dir, exclude=exclude)
+    return exclude
+
+
+def build_snapshotter(config: Config):
+    from patchd.snapshot.btrfs import BtrfsSnapshotter
+    return BtrfsSnapshotter(os.path.realpath(config.root), config.snapshot_dir,
+                            exclude=restore_exclusions(config.root, config.state_dir))
 
 
 def build_runner(config: Config, journal=None, on_state: Optional[StateListener] = None,
