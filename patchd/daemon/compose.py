@@ -18,7 +18,6 @@ from patchd.core import errors, names
 from patchd.daemon.failpoints import Failpoints
 from patchd.daemon.runner import ProgressListener, StateListener, TransactionRunner
 
-
 LIVE_ROOT_EXCLUDE = ("home", "root", "srv", "tmp", "var/tmp", "var/log", "var/spool",
                      "var/mail", "var/crash", "mnt", "media")
 
