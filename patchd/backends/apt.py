@@ -80,6 +80,9 @@ class AptBackend(PackageBackend):
     """``PackageBackend`` over python-apt for the root ``root``."""
 
     family = Family.DEB.value
+    lock_files = ("var/lib/dpkg/lock", "var/lib/dpkg/lock-frontend",
+                  "var/lib/dpkg/triggers/Lock", "var/cache/apt/archives/lock",
+                  "var/lib/apt/lists/lock")
 
     def __init__(self, root: str = "/", config_dir: str = "/var/lib/patchd",
                  lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S):

@@ -6,7 +6,7 @@ Each method states the guarantee the runner relies on.
 """
 
 import abc
-from typing import Callable, ContextManager, Dict, Iterable, List, Optional
+from typing import Callable, ContextManager, Dict, Iterable, List, Optional, Tuple
 
 from patchd.core.model import Plan, Report, Request, SnapshotRef, Transaction
 
@@ -26,6 +26,10 @@ class PackageBackend(abc.ABC):
     """
 
     family = ""   # a Family value
+    # Lock files (relative to the root) the backend holds while a transaction
+    # runs. A rollback must not replace them: the lock held on the old inode
+    # would silently stop excluding other tools.
+    lock_files: Tuple[str, ...] = ()
 
     @abc.abstractmethod
     def refresh(self, progress: Progress = no_progress) -> None:

@@ -3,7 +3,8 @@
 Rules:
 - The backend is chosen by probing the root (dpkg status present: apt).
 - patchd's own state never rolls back: when the state directory lies inside
-  the root, it is excluded from snapshot restores.
+  the root, it is excluded from snapshot restores; so are the package
+  manager's lock files, which the runner holds during the rollback.
 - On the booted ``/``, users' and services' data is not package state and is
   never rolled back with it (``LIVE_ROOT_EXCLUDE``): losing a user's file or
   the log of the failure itself to a rollback would be worse than the failed
@@ -53,27 +54,30 @@ def build_journal(config: Config):
     return SqliteJournal(config.journal_path)
 
 
-def restore_exclusions(root: str, state_dir: str) -> List[str]:
+def restore_exclusions(root: str, state_dir: str, lock_files=()) -> List[str]:
     """Paths (relative to ``root``) a rollback must leave as they are."""
     root = os.path.realpath(root)
     state = os.path.realpath(state_dir)
     exclude = list(LIVE_ROOT_EXCLUDE) if root == "/" else []
+    exclude.extend(lock_files)
     if state.startswith(root.rstrip("/") + "/"):
         exclude.append(os.path.relpath(state, root))
     return exclude
 
 
-def build_snapshotter(config: Config):
+def build_snapshotter(config: Config, lock_files=()):
     from patchd.snapshot.btrfs import BtrfsSnapshotter
-    return BtrfsSnapshotter(os.path.realpath(config.root), config.snapshot_dir,
-                            exclude=restore_exclusions(config.root, config.state_dir))
+    return BtrfsSnapshotter(
+        os.path.realpath(config.root), config.snapshot_dir,
+        exclude=restore_exclusions(config.root, config.state_dir, lock_files))
 
 
 def build_runner(config: Config, journal=None, on_state: Optional[StateListener] = None,
                  on_progress: Optional[ProgressListener] = None) -> TransactionRunner:
+    backend = build_backend(config)
     return TransactionRunner(
-        backend=build_backend(config),
-        snapshotter=build_snapshotter(config),
+        backend=backend,
+        snapshotter=build_snapshotter(config, backend.lock_files),
         journal=journal if journal is not None else build_journal(config),
         log_dir=config.log_dir,
         snapshot_keep=config.snapshot_keep,

@@ -13,6 +13,7 @@ back, 3 rollback failed (needs an administrator), 64 bad usage, 70 bug.
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -61,10 +62,23 @@ class HumanOutput:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
+        self._shown = (None, -1)   # (effect, last tenth shown)
+        # A duplicate of stdout: while a step runs, fd 1 goes to the dpkg log.
+        sys.stdout.flush()
+        self._stream = os.fdopen(os.dup(1), "w", buffering=1)
+
+    def on_progress(self, tx_id: str, effect: str, fraction: float, message: str) -> None:
+        """One line per tenth of an apply or rollback, not one per dpkg event."""
+        if effect not in ("Apply", "Rollback"):
+            return
+        tenth = int(fraction * 10)
+        if self._shown[0] != effect or tenth > self._shown[1]:
+            self._shown = (effect, tenth)
+            self.say("    {:3d}% {}".format(tenth * 10, message))
 
     def say(self, text: str) -> None:
         if self.enabled:
-            print(text, flush=True)
+            print(text, file=self._stream, flush=True)
 
     def on_state(self, tx: Transaction, intent: str) -> None:
         state = tx.state
@@ -146,7 +160,7 @@ def _dispatch(args, config: compose.Config, out: HumanOutput) -> int:
         plan = backend.plan(request)
         _emit(args, plan.to_dict(), [c.describe() for c in plan.changes] or ["nothing to do"])
         return 0
-    runner = compose.build_runner(config, on_state=out.on_state)
+    runner = compose.build_runner(config, on_state=out.on_state, on_progress=out.on_progress)
     if command == "recover":
         recovered = runner.recover()
         _emit(args, [t.to_dict() for t in recovered],

@@ -14,3 +14,5 @@ def test_managed_root_is_restored_whole_except_state_inside_it(tmp_path):
     (root / "var/lib/patchd").mkdir(parents=True)
     assert restore_exclusions(str(root), str(tmp_path / "state")) == []
     assert restore_exclusions(str(root), str(root / "var/lib/patchd")) == ["var/lib/patchd"]
+    assert restore_exclusions(str(root), str(tmp_path), ("var/lib/dpkg/lock",)) == [
+        "var/lib/dpkg/lock"]
