@@ -115,6 +115,37 @@ def _loops_below(prefix: str):
     return found
 
 
+# The host's own package state: tests manage lab roots only (the project's
+# second non-negotiable). Any change here during the run fails it.
+HOST_PACKAGE_STATE = ("/var/lib/dpkg/status", "/var/lib/dpkg/updates", "/var/lib/rpm",
+                      "/var/lib/dnf", "/var/cache/dnf", "/root/.rpmdb",
+                      "/var/log/hawkey.log", "/var/log/dnf.log", "/var/log/dnf.rpm.log")
+
+
+def _host_state():
+    state = {}
+    for top in HOST_PACKAGE_STATE:
+        paths = [top]
+        if os.path.isdir(top):
+            paths += [os.path.join(d, f) for d, _dirs, files in os.walk(top) for f in files]
+        for path in paths:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            state[path] = (st.st_size, st.st_mtime_ns) if not os.path.isdir(path) else "dir"
+    return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _host_package_state_guard():
+    before = _host_state()
+    yield
+    after = _host_state()
+    changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+    assert not changed, "tests changed the host's package state: %s" % changed
+
+
 @pytest.fixture(scope="session")
 def lab_btrfs(lab_dir, _lab_leak_guard):
     # Depending on the guard explicitly is what orders teardown: pytest does

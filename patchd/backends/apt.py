@@ -28,6 +28,7 @@ from typing import Dict, Iterator, List, Optional
 import structlog
 
 from patchd.backends import apt_explain
+from patchd.backends.diskspace import require_space
 from patchd.core import errors
 from patchd.core.model import Action, Family, Operation, PackageChange, Plan, Request
 from patchd.core.names import DEFAULT_LOCK_TIMEOUT_S
@@ -35,9 +36,6 @@ from patchd.core.ports import PackageBackend, Progress, no_progress
 
 log = structlog.get_logger(__name__)
 
-# Free space kept beyond what apt says the plan needs: the snapshot shares
-# blocks with the root, but every rewritten file costs its size again.
-SPACE_MARGIN_BYTES = 64 * 1024 * 1024
 LOCK_POLL_S = 0.2
 
 
@@ -274,7 +272,7 @@ class AptBackend(PackageBackend):
                     raise errors.VerificationFailed(
                         "{} {} comes from a repository without a valid signature".format(
                             pkg.shortname, pkg.candidate.version))
-            self._check_space(plan)
+            require_space(self.root, plan)
             try:
                 # apt checks every archive's size and hash against the
                 # signed index while fetching; a mismatch fails the fetch.
@@ -283,15 +281,6 @@ class AptBackend(PackageBackend):
                 raise errors.DownloadFailed(_first_error(exc)) from exc
             except SystemError as exc:
                 raise errors.VerificationFailed(_first_error(exc)) from exc
-
-    def _check_space(self, plan: Plan) -> None:
-        stat = os.statvfs(self.root)
-        free = stat.f_bavail * stat.f_frsize
-        needed = plan.download_bytes + max(plan.install_delta_bytes, 0) + SPACE_MARGIN_BYTES
-        if free < needed:
-            raise errors.InsufficientSpace(
-                "{} MiB free on {}, the transaction needs about {} MiB".format(
-                    free >> 20, self.root, needed >> 20))
 
     def apply(self, plan: Plan, progress: Progress = no_progress) -> None:
         with self.locked():

@@ -1,7 +1,8 @@
 """Wiring: choose and build the adapters for one managed root.
 
 Rules:
-- The backend is chosen by probing the root (dpkg status present: apt).
+- The backend is chosen by probing the root for a package database (dpkg
+  status: apt; rpm database: dnf), never by the distribution's name.
 - patchd's own state never rolls back: when the state directory lies inside
   the root, it is excluded from snapshot restores; so are the package
   manager's lock files, which the runner holds during the rollback.
@@ -19,6 +20,9 @@ from patchd.core import errors, names
 from patchd.daemon.failpoints import Failpoints
 from patchd.daemon.runner import ProgressListener, StateListener, TransactionRunner
 
+# rpm 4.16+ keeps an sqlite database; older releases (openEuler 20.03,
+# Kylin Server V10) a Berkeley DB ``Packages`` file.
+RPM_DATABASES = ("var/lib/rpm/rpmdb.sqlite", "var/lib/rpm/Packages", "usr/lib/sysimage/rpm")
 LIVE_ROOT_EXCLUDE = ("home", "root", "srv", "tmp", "var/tmp", "var/log", "var/spool",
                      "var/mail", "var/crash", "mnt", "media")
 
@@ -45,8 +49,12 @@ def build_backend(config: Config):
     if os.path.exists(os.path.join(root, "var/lib/dpkg/status")):
         from patchd.backends.apt import AptBackend
         return AptBackend(root, config.state_dir, config.lock_timeout)
+    if any(os.path.exists(os.path.join(root, db)) for db in RPM_DATABASES):
+        from patchd.backends.dnf import DnfBackend
+        return DnfBackend(root, config.state_dir, config.lock_timeout)
     raise errors.InvalidRequest(
-        "{} has no dpkg database; only apt/dpkg roots are supported so far".format(root))
+        "{} has neither a dpkg nor an rpm database; patchd manages apt/dpkg and "
+        "dnf/rpm systems".format(root))
 
 
 def build_journal(config: Config):

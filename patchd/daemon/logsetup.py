@@ -60,6 +60,9 @@ def configure(verbose: bool = False, stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # dnf narrates every step at INFO ("Running transaction check"); its
+    # warnings and errors (scriptlet failures) still come through.
+    logging.getLogger("dnf").setLevel(logging.DEBUG if verbose else logging.WARNING)
     structlog.configure(
         processors=[structlog.stdlib.filter_by_level] + shared + [
             structlog.processors.format_exc_info,

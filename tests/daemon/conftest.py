@@ -5,11 +5,12 @@ import pytest
 from tests.lab.endpoint import Lab
 
 
-@pytest.fixture(scope="session")
-def lab(lab_dir, _lab_leak_guard):
-    """A Lab with a baseline endpoint; depends on the leak guard so the guard
+@pytest.fixture(scope="session", params=["deb", "rpm"])
+def lab(request, lab_dir, _lab_leak_guard):
+    """A Lab of each family with a baseline endpoint: every test using it
+    runs on apt/dpkg and on dnf/rpm. Depends on the leak guard so the guard
     checks for leaks after the lab's own clean-up."""
-    with Lab(lab_dir / "endpoint-lab") as the_lab:
+    with Lab(lab_dir / ("endpoint-lab-" + request.param), family=request.param) as the_lab:
         yield the_lab
 
 

@@ -10,8 +10,14 @@ never mocks:
 * ``roots``       -- a cached mmdebstrap tarball, a prepared template
                      subvolume and writable snapshot clones of it.
 * ``fingerprint`` -- whole-tree fingerprints to prove what changed (or not).
+* ``rpms``        -- the same ``DebSpec`` built as .rpm (rpmbuild), and
+                     ``lab-base`` (busybox as /bin/sh for empty roots).
+* ``rpmrepo``     -- rpm-md repositories, optionally signed (rpmsign, createrepo_c).
+* ``rpmroots``    -- openEuler-like rpm template subvolume, HOME with the
+                     ``%_dbpath`` fix, and the dnf CLI confined to a root.
 
 Rules: everything needs root, btrfs, loop devices, dpkg and apt-utils
-(Debian 12).  Run with /usr/bin/python3 so python3-btrfsutil is importable.
+(Debian 12); the rpm family also rpm, rpmbuild, rpmsign, createrepo_c, dnf
+and busybox-static.  Run with /usr/bin/python3 so python3-btrfsutil is importable.
 Code stays Python 3.7 compatible because the fleet runs 3.7.
 """

@@ -7,6 +7,7 @@
 |                    | 1.1      | upgrade that pulls in demo-lib (>= 1.0)         |
 |                    | 1.2      | failing postinst (exit 1 after the log line)    |
 | demo-tool          | 1.0 2.0  | /usr/bin script and an /etc config file         |
+|                    | 3.0      | failing preinst (exit 1): unpack is refused     |
 | demo-broken        | 1.0      | unsatisfiable Depends: does-not-exist (>= 9)    |
 | demo-conflict-a/-b | 1.0      | Conflicts with each other                       |
 | demo-slow          | 1.0 1.1  | postinst sleeps N s if /etc/demo-slow.sleep = N |
@@ -14,17 +15,23 @@
 Rules:
 * Every package ships /usr/share/doc/<name>/VERSION containing its version,
   so the file state of a root is checkable without dpkg.
-* Every postinst logs "<name> <version> configured" (added by ``debs``).
+* Every postinst logs "<name> <version> configured" (added by ``debs``;
+  ``rpms`` runs the same script as %post, so both families log alike).
+* One catalogue for both families: ``build_catalog`` makes .debs,
+  ``build_rpm_catalog`` makes .rpms from the very same specs.
 * demo-tool's /etc/demo-tool.conf is an ordinary file, not a dpkg conffile:
   a conffile changed locally would make dpkg prompt mid-transaction.
 * Specs are data: change them only together with the tests relying on them.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import pathlib
 from typing import Dict, Iterable, Optional, Tuple
 
-from tests.lab.debs import POSTINST_LOG, DebSpec, build_deb
+from tests.lab.debs import POSTINST_LOG, DebSpec, build_deb, fail_preinst
+from tests.lab.rpms import build_rpm
 
 
 def _version_file(name: str, version: str) -> Tuple[str, str]:
@@ -78,6 +85,7 @@ def _simple(name: str, version: str, **fields) -> DebSpec:
                    description="lab package " + name, **fields)
 
 
+_RPM_WORKERS = max(2, os.cpu_count() or 1)
 _LIB_DEP = ("demo-lib (>= 1.0)",)
 
 CATALOG = (
@@ -88,6 +96,7 @@ CATALOG = (
     _app("1.2", depends=_LIB_DEP, postinst="exit 1"),
     _tool("1.0", 1),
     _tool("2.0", 2),
+    fail_preinst(_tool("3.0", 3)),
     _simple("demo-broken", "1.0", depends=("does-not-exist (>= 9)",)),
     _simple("demo-conflict-a", "1.0", conflicts=("demo-conflict-b",)),
     _simple("demo-conflict-b", "1.0", conflicts=("demo-conflict-a",)),
@@ -106,18 +115,32 @@ def catalog_spec(name: str, version: str) -> DebSpec:
     raise KeyError((name, version))
 
 
+def _selected(names: Optional[Iterable[str]]) -> Tuple[DebSpec, ...]:
+    wanted = set(PACKAGE_NAMES if names is None else names)
+    unknown = wanted.difference(PACKAGE_NAMES)
+    if unknown:
+        raise ValueError("not in the catalogue: %s" % ", ".join(sorted(unknown)))
+    return tuple(spec for spec in CATALOG if spec.name in wanted)
+
+
 def build_catalog(outdir, names: Optional[Iterable[str]] = None
                   ) -> Dict[Tuple[str, str], pathlib.Path]:
     """Build the catalogue (or only the packages ``names``) into ``outdir``.
 
     Returns {(name, version): path of the .deb}.
     """
-    wanted = set(PACKAGE_NAMES if names is None else names)
-    unknown = wanted.difference(PACKAGE_NAMES)
-    if unknown:
-        raise ValueError("not in the catalogue: %s" % ", ".join(sorted(unknown)))
-    return {
-        (spec.name, spec.version): build_deb(spec, outdir)
-        for spec in CATALOG
-        if spec.name in wanted
-    }
+    return {(spec.name, spec.version): build_deb(spec, outdir)
+            for spec in _selected(names)}
+
+
+def build_rpm_catalog(outdir, names: Optional[Iterable[str]] = None
+                      ) -> Dict[Tuple[str, str], pathlib.Path]:
+    """Like ``build_catalog``, as .rpm files; {(name, version): path}.
+
+    The builds run in parallel threads (each is its own rpmbuild process):
+    on 2 CPUs about 0.5 s instead of 0.6 s for the 13 packages.
+    """
+    specs = _selected(names)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=_RPM_WORKERS) as pool:
+        paths = list(pool.map(lambda spec: build_rpm(spec, outdir), specs))
+    return {(spec.name, spec.version): path for spec, path in zip(specs, paths)}

@@ -1,20 +1,21 @@
-"""A sandboxed endpoint: a managed Debian root driven by the real ``patchd``.
+"""A sandboxed endpoint: a managed root driven by the real ``patchd``.
 
 Used by the integration tests, the demo and the benchmark alike, so all
 three exercise the same thing: the ``patchd`` executable (a separate
 process, as in production: python-apt's state is per process), a real dpkg
-root in a btrfs subvolume, a signed local repository.
+or rpm root in a btrfs subvolume, a signed local repository. What differs
+between the families is in ``tests.lab.families``.
 
 Rules:
 - Nothing here touches the host's package state: every command is pointed
-  at the endpoint's root, and apt runs with ``APT_CONFIG`` for that root.
+  at the endpoint's root (apt with ``APT_CONFIG`` for that root, dnf with
+  ``installroot`` and the root's own configuration).
 - ``Lab`` owns the loop-mounted btrfs and cleans it up on exit.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -22,41 +23,46 @@ import uuid
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from tests.lab import btrfs as lab_btrfs
-from tests.lab.aptrepo import AptRepo, GpgKey
-from tests.lab.catalog import build_catalog
-from tests.lab.roots import clone_root, prepare_template, set_sources
+from tests.lab.aptrepo import GpgKey
+from tests.lab.families import FAMILIES, LabFamily
+from tests.lab.roots import clone_root
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 # Installed in every baseline endpoint.
 BASELINE = ("demo-lib=1.0", "demo-app=1.0", "demo-tool=1.0", "demo-slow=1.0")
 # Paths apt rewrites on every run (caches, indexes): not package state.
 VOLATILE = ("var/cache/apt", "var/lib/apt/lists", "var/cache/debconf/templates.dat-old",
-            "var/cache/debconf/config.dat-old")
+            "var/cache/debconf/config.dat-old", "var/cache/dnf")
 
 
 class Endpoint:
     """One managed root with its own patchd state and snapshot directories."""
 
     def __init__(self, root: pathlib.Path, state_dir: pathlib.Path,
-                 snapshot_dir: pathlib.Path):
+                 snapshot_dir: pathlib.Path, family: LabFamily):
         self.root = pathlib.Path(root)
         self.state_dir = pathlib.Path(state_dir)
         self.snapshot_dir = pathlib.Path(snapshot_dir)
+        self.family = family
 
     def command(self, *args: str) -> List[str]:
         return [sys.executable, "-m", "patchd.daemon.main", "--root", str(self.root),
                 "--state-dir", str(self.state_dir), "--snapshot-dir",
                 str(self.snapshot_dir)] + list(args)
 
-    def patchd(self, *args: str, failpoint: Optional[str] = None,
-               timeout: float = 300) -> subprocess.CompletedProcess:
-        """Run ``patchd ARGS`` for this endpoint; never raises on exit codes."""
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    def env(self, failpoint: Optional[str] = None) -> Dict[str, str]:
+        env = dict(self.family.env(), PYTHONPATH=str(REPO_ROOT))
         env.pop("PATCHD_FAILPOINT", None)
         if failpoint:
             env["PATCHD_FAILPOINT"] = failpoint
-        return subprocess.run(self.command(*args), env=env, cwd=str(REPO_ROOT),
-                              capture_output=True, text=True, timeout=timeout)
+        return env
+
+    def patchd(self, *args: str, failpoint: Optional[str] = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run ``patchd ARGS`` for this endpoint; never raises on exit codes."""
+        return subprocess.run(self.command(*args), env=self.env(failpoint),
+                              cwd=str(REPO_ROOT), capture_output=True, text=True,
+                              timeout=timeout)
 
     def patchd_json(self, *args: str, failpoint: Optional[str] = None):
         """``patchd --json ARGS``: (exit code, parsed output or None, stderr)."""
@@ -64,60 +70,59 @@ class Endpoint:
         data = json.loads(result.stdout) if result.stdout.strip() else None
         return result.returncode, data, result.stderr
 
+    def v(self, upstream: str) -> str:
+        """A catalogue version as this family spells it ("1.1" or "1.1-1")."""
+        return self.family.version(upstream)
+
     def versions(self) -> Dict[str, Tuple[str, str]]:
-        """{package: (version, dpkg status abbreviation)} from the root's dpkg."""
-        out = subprocess.run(
-            ["dpkg-query", "--admindir={}/var/lib/dpkg".format(self.root), "-W",
-             "-f", "${Package} ${Version} ${db:Status-Abbrev}\n"],
-            stdout=subprocess.PIPE, text=True, check=True).stdout
-        result = {}
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) >= 3:
-                result[parts[0]] = (parts[1], parts[2])
-        return result
+        return self.family.versions(self.root)
 
     def demo_versions(self) -> Dict[str, Tuple[str, str]]:
         return {k: v for k, v in self.versions().items() if k.startswith("demo-")}
 
+    def expected(self, specs: Iterable[str] = BASELINE, **changed: str):
+        """demo_versions() of ``specs`` (name=version) with ``changed`` applied."""
+        found = {s.split("=")[0]: (self.v(s.split("=")[1]), "ii") for s in specs}
+        for name, version in changed.items():
+            found[name.replace("_", "-")] = (self.v(version), "ii")
+        return found
+
     def audit(self) -> str:
-        """``dpkg --audit`` output; empty when the database is consistent."""
-        result = subprocess.run(["dpkg", "--root={}".format(self.root), "--audit"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-        return result.stdout.strip()
+        """The family's consistency check (``dpkg --audit``, ``rpm -Va``)."""
+        return self.family.audit(self.root)
 
     def snapshots(self) -> List[str]:
         return sorted(p.name for p in self.snapshot_dir.iterdir()) \
             if self.snapshot_dir.exists() else []
 
     def hold(self, package: str) -> None:
-        """``apt-mark hold`` in the root (dpkg selections)."""
-        subprocess.run(["dpkg", "--root={}".format(self.root), "--set-selections"],
-                       input="{} hold\n".format(package), text=True, check=True)
+        """``apt-mark hold`` / ``dnf versionlock add`` in the root."""
+        self.family.hold(self.root, package)
 
 
 class Lab:
-    """A loop-mounted btrfs holding a template root, a signed repository and
-    a baseline endpoint (BASELINE installed) that endpoints are cloned from."""
+    """A loop-mounted btrfs holding a template root of one family, a signed
+    repository of the catalogue and a baseline endpoint (BASELINE installed)
+    that endpoints are cloned from."""
 
-    def __init__(self, base_dir: pathlib.Path):
+    def __init__(self, base_dir: pathlib.Path, family: str = "deb"):
         self.base_dir = pathlib.Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.base_dir.chmod(0o755)   # apt's _apt user reads repo and keyring
+        self.family = FAMILIES[family]()
         self._fs = None   # type: Optional[lab_btrfs.LoopBtrfs]
-        self._key = None   # type: Optional[GpgKey]
+        self.key = None   # type: Optional[GpgKey]
         self.baseline = None   # type: Optional[pathlib.Path]
 
     def __enter__(self) -> Lab:
         try:
+            self.family.setup(self.base_dir)
             self._fs = lab_btrfs.LoopBtrfs(self.base_dir, size="4G").__enter__()
             self.mountpoint = pathlib.Path(self._fs.mountpoint)
-            self.template = prepare_template(self.mountpoint)
-            self._key = GpgKey()
-            self.repo = publish_repo(self.base_dir, build_catalog(self.base_dir / "catalog"),
-                                     self._key)
-            self.keyring = self._key.export(self.base_dir / "repo.gpg")
+            self.template = self.family.prepare_template(self.mountpoint, self.base_dir)
+            self.key = GpgKey()
+            self.keyring = self.family.export_key(self.key, self.base_dir / "repo-key")
+            self.repo = self.publish(self.family.build_catalog(self.base_dir / "catalog"))
             self.baseline = self._make_baseline()
         except BaseException:
             self.__exit__(None, None, None)
@@ -125,14 +130,23 @@ class Lab:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._key is not None:
-            self._key.close()
+        if self.key is not None:
+            self.key.close()
         if self._fs is not None:
             self._fs.__exit__(None, None, None)
 
+    def publish(self, packages: Dict, name: str = "repo", signed: bool = True):
+        """A repository of ``packages``, signed with the lab's key unless not ``signed``."""
+        return self.family.publish(self.base_dir, packages, self.key if signed else None, name)
+
+    def use_repos(self, endpoint: Endpoint, repos: Iterable, keyring=None,
+                  trusted: bool = False) -> None:
+        self.family.use_repos(endpoint.root, repos, keyring=keyring or self.keyring,
+                              trusted=trusted)
+
     def _make_baseline(self) -> pathlib.Path:
         endpoint = self.endpoint(self.template, name="baseline")
-        set_sources(endpoint.root, [self.repo.source_line(keyring=self.keyring)])
+        self.use_repos(endpoint, [self.repo])
         for args in (("refresh",), ("install",) + BASELINE):
             result = endpoint.patchd(*args)
             if result.returncode != 0:
@@ -149,19 +163,11 @@ class Lab:
         snapshots.mkdir(parents=True)
         state = self.base_dir / "state" / unique
         state.mkdir(parents=True)
-        return Endpoint(root, state, snapshots)
+        return Endpoint(root, state, snapshots, self.family)
 
     def discard(self, endpoint: Endpoint) -> None:
         for path in (endpoint.root, endpoint.snapshot_dir, endpoint.state_dir):
             lab_btrfs.remove_tree(path)
-
-
-def publish_repo(base_dir: pathlib.Path, debs: Dict, key: Optional[GpgKey],
-                 name: str = "repo") -> AptRepo:
-    repo = AptRepo(base_dir / name)
-    repo.add(debs.values())
-    repo.publish(key=key)
-    return repo
 
 
 def changed_paths(a: Dict, b: Dict, exclude: Iterable[str] = VOLATILE) -> List[str]:
@@ -170,6 +176,10 @@ def changed_paths(a: Dict, b: Dict, exclude: Iterable[str] = VOLATILE) -> List[s
     prefixes = tuple(p.rstrip("/") for p in exclude)
 
     def keep(path: str) -> bool:
+        # SQLite's shared-memory index (rpmdb, dnf history) changes when the
+        # database is merely read; it holds no data.
+        if path.endswith(".sqlite-shm") and prefixes:
+            return False
         return not any(path == p or path.startswith(p + "/") for p in prefixes)
 
     return diff_fingerprints({k: v for k, v in a.items() if keep(k)},

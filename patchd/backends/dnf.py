@@ -1,0 +1,300 @@
+"""The dnf/rpm backend (python3-dnf) for one managed root (``installroot``).
+
+The same guarantees as the apt backend, through dnf's own API:
+
+Rules:
+- The root's own configuration is used: ``etc/dnf/dnf.conf`` (with its
+  ``exclude=``), ``etc/yum.repos.d``, the cache under the root, and the
+  release version read from the root's rpm database (or os-release).
+- Repository GPG checking follows the repository files and is on by
+  default; a package whose signature does not verify is refused before
+  anything is installed. Only ``gpgcheck=0``, the admin's explicit marking
+  of a repository as trusted, turns it off.
+- Version locks (``etc/dnf/plugins/versionlock.list``, the versionlock
+  plugin's file) are honoured like apt holds: locked packages are never
+  changed, and asking to change one is refused with ``PackageHeld``.
+- Every scriptlet error is a failure. rpm reports a failing ``%post``,
+  ``%preun``, ``%postun`` or ``%posttrans`` only as a warning (the
+  transaction "succeeds"); dnf passes it to ``TransactionDisplay.error()``,
+  which is collected here and turned into ``ScriptFailed``.
+- The rpm database lock (``var/lib/rpm/.rpm.lock``) and dnf's rpmdb lock are
+  waited for, up to ``lock_timeout`` seconds.
+- ``apply`` builds a goal from exactly the plan's NEVRAs and refuses to run
+  when dnf's resolution differs from the plan.
+"""
+
+import contextlib
+import os
+import subprocess
+from typing import Dict, Iterator, List, Optional
+
+import structlog
+
+from patchd.backends import dnf_explain
+from patchd.backends.diskspace import require_space
+from patchd.backends.locks import FcntlLock, wait_for
+from patchd.core import errors
+from patchd.core.model import Action, Family, Operation, PackageChange, Plan, Request
+from patchd.core.names import DEFAULT_LOCK_TIMEOUT_S
+from patchd.core.ports import PackageBackend, Progress, no_progress
+
+log = structlog.get_logger(__name__)
+
+RPM_LOCK = "var/lib/rpm/.rpm.lock"
+
+
+class DnfBackend(PackageBackend):
+    """``PackageBackend`` over python3-dnf for the root ``root``."""
+
+    family = Family.RPM.value
+    lock_files = (RPM_LOCK, "var/lib/dnf/rpmdb_lock.pid")
+
+    def __init__(self, root: str = "/", config_dir: str = "/var/lib/patchd",
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S):
+        import dnf
+        self._dnf = dnf
+        self.root = os.path.realpath(root)
+        self.log_dir = os.path.join(config_dir, "logs", "dnf")
+        self.lock_timeout = lock_timeout
+        self._lock_depth = 0
+        self._lock_generation = 0
+        self._locks = []   # type: List[object]
+        self._base = None
+        self._marked = None   # (plan, lock generation) the open base's goal holds
+
+    # -- dnf set-up --
+
+    def _new_base(self, load_repos: bool = True, expire: bool = False):
+        dnf = self._dnf
+        # Conf first, Base(conf) after: a bare Base() opens (and creates) the
+        # *host's* rpm database to guess the release version.
+        conf = dnf.conf.Conf()
+        conf.installroot = self.root
+        conf_path = os.path.join(self.root, "etc/dnf/dnf.conf")
+        if os.path.exists(conf_path):
+            conf.config_file_path = conf_path
+            conf.read(priority=dnf.conf.PRIO_MAINCONFIG)
+        conf.reposdir = [os.path.join(self.root, "etc/yum.repos.d")]
+        # dnf.Base, unlike the dnf CLI, does not prefix these with the
+        # installroot: left at their defaults, the host's /var/lib/dnf
+        # (history, rpmdb lock) and /var/log would be written.
+        conf.cachedir = os.path.join(self.root, "var/cache/dnf")
+        conf.persistdir = os.path.join(self.root, "var/lib/dnf")
+        # dnf's own logs (hawkey.log...) go with patchd's logs: a refused
+        # request then leaves the root byte for byte as it was, and a
+        # rollback does not erase the log of what failed.
+        os.makedirs(self.log_dir, mode=0o750, exist_ok=True)
+        conf.logdir = self.log_dir
+        conf.assumeyes = True          # imports only keys the repo files name
+        conf.substitutions["releasever"] = dnf_explain.releasever(self.root)
+        base = dnf.Base(conf)
+        base.read_all_repos()
+        if expire:
+            for repo in base.repos.iter_enabled():
+                repo._repo.expire()   # as ``dnf --refresh``: download anew
+        try:
+            base.fill_sack(load_system_repo=True, load_available_repos=load_repos)
+        except dnf.exceptions.RepoError as exc:
+            base.close()
+            raise dnf_explain.repo_error(str(exc)) from exc
+        self._locked_versions = dnf_explain.apply_versionlock(base, self.root)
+        return base
+
+    def _fresh_base(self, expire: bool = False):
+        """A base with an empty goal; the last one is closed first."""
+        self._close_base()
+        self._base = self._new_base(expire=expire)
+        return self._base
+
+    def _close_base(self) -> None:
+        if self._base is not None:
+            self._base.close()
+        self._base = self._marked = None
+
+    # -- locking --
+
+    @contextlib.contextmanager
+    def locked(self, timeout: Optional[float] = None) -> Iterator[None]:
+        """Hold rpm's and dnf's database locks; re-entrant within this backend."""
+        if self._lock_depth == 0:
+            self._acquire(timeout if timeout is not None else self.lock_timeout)
+            self._lock_generation += 1
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                self._release()
+
+    def _acquire(self, timeout: float) -> None:
+        dnf = self._dnf
+        what = "the rpm database of {}".format(self.root)
+        rpm_lock = FcntlLock(os.path.join(self.root, RPM_LOCK))
+        rpm_lock.acquire(timeout, what)
+        dnf_lock = dnf.lock.build_rpmdb_lock(os.path.join(self.root, "var/lib/dnf"), True)
+        holder = []   # type: List[str]
+
+        def try_dnf() -> bool:
+            try:
+                dnf_lock.__enter__()
+                return True
+            except dnf.exceptions.ProcessLockError as exc:
+                holder[:] = [dnf_explain.process(exc.pid)]
+                return False
+        try:
+            wait_for(try_dnf, timeout, "dnf's lock on " + what, lambda: "".join(holder))
+        except errors.LockTimeout:
+            rpm_lock.release()
+            raise
+        self._locks = [rpm_lock, dnf_lock]
+
+    def _release(self) -> None:
+        rpm_lock, dnf_lock = self._locks
+        try:
+            dnf_lock.__exit__(None, None, None)
+        except FileNotFoundError:
+            pass   # dnf's own inner lock of the same file removed it already
+        rpm_lock.release()
+        self._locks = []
+
+    # -- reading --
+
+    def refresh(self, progress: Progress = no_progress) -> None:
+        with self.locked():
+            self._fresh_base(expire=True)
+
+    def installed(self) -> List[Dict[str, str]]:
+        base = self._fresh_base()
+        return [{"name": p.name, "arch": p.arch, "version": dnf_explain.evr(p)}
+                for p in base.sack.query().installed()]
+
+    def updates(self) -> Plan:
+        return self.plan(Request(Operation.UPGRADE))
+
+    # -- planning --
+
+    def plan(self, request: Request) -> Plan:
+        with self.locked():
+            base = self._fresh_base()
+            dnf_explain.mark_request(base, request, self._locked_versions)
+            self._resolve(base, allow_erasing=request.operation is Operation.REMOVE)
+            plan = self._plan_from_goal(base)
+            dnf_explain.refuse_locked_changes(plan, self._locked_versions)
+            return plan
+
+    def _resolve(self, base, allow_erasing: bool) -> None:
+        try:
+            base.resolve(allow_erasing=allow_erasing)
+        except self._dnf.exceptions.DepsolveError as exc:
+            raise errors.DependencyProblem(dnf_explain.depsolve_message(str(exc))) from exc
+
+    def _plan_from_goal(self, base) -> Plan:
+        transaction = base.transaction
+        if transaction is None:
+            return Plan()
+        new = {(p.name, p.arch): p for p in transaction.install_set}
+        old = {(p.name, p.arch): p for p in transaction.remove_set}
+        dependencies = dnf_explain.dependency_keys(base)
+        changes = []
+        download = 0
+        delta = 0
+        for key in set(new) | set(old):
+            before, after = old.get(key), new.get(key)
+            if after is None:
+                action = Action.REMOVE
+            elif before is None:
+                action = Action.INSTALL
+            else:
+                order = after.evr_cmp(before)
+                action = (Action.UPGRADE if order > 0 else Action.DOWNGRADE if order < 0
+                          else Action.REINSTALL)
+            auto = after is not None and key in dependencies
+            changes.append(PackageChange(
+                key[0], key[1], dnf_explain.evr(before) if before else None,
+                dnf_explain.evr(after) if after else None, action, auto))
+            if after is not None:
+                download += after.downloadsize or 0
+                delta += after.installsize or 0
+            if before is not None:
+                delta -= before.installsize or 0
+        return Plan(tuple(changes), download, delta)
+
+    # -- executing --
+
+    def _mark_plan(self, plan: Plan):
+        """A base whose goal is exactly ``plan``; refused when dnf disagrees."""
+        if self._base is not None and self._marked == (plan, self._lock_generation):
+            return self._base
+        base = self._fresh_base()
+        dnf_explain.mark_plan(base, plan)
+        self._resolve(base, allow_erasing=True)
+        marked = self._plan_from_goal(base)
+        if _keys(marked) != _keys(plan):
+            raise errors.DependencyProblem(
+                "the repositories or the installed packages changed since the "
+                "plan was made; the plan no longer applies as is",
+                "Plan again; nothing was changed.")
+        self._marked = (plan, self._lock_generation)
+        return base
+
+    def download(self, plan: Plan, progress: Progress = no_progress) -> None:
+        with self.locked():
+            base = self._mark_plan(plan)
+            require_space(self.root, plan)
+            packages = list(base.transaction.install_set)
+            try:
+                # dnf checks each package's checksum against the repodata.
+                base.download_packages(packages)
+            except self._dnf.exceptions.DownloadError as exc:
+                raise errors.DownloadFailed(str(exc)) from exc
+            for pkg in packages:
+                dnf_explain.verify_signature(base, pkg)
+
+    def apply(self, plan: Plan, progress: Progress = no_progress) -> None:
+        with self.locked():
+            base = self._mark_plan(plan)
+            display = dnf_explain.transaction_display(progress)
+            failure = None   # type: Optional[Exception]
+            try:
+                base.do_transaction(display=display)
+            except self._dnf.exceptions.Error as exc:
+                failure = exc
+            finally:
+                self._close_base()   # rpm changed the database under it
+                # rpm drops every lock this process holds on .rpm.lock when
+                # it closes its own descriptor, and dnf's inner rpmdb lock
+                # deletes the pid file on exit: take both again.
+                self._release()
+                self._acquire(self.lock_timeout)
+            if display.script_errors:
+                raise errors.ScriptFailed("; ".join(display.script_errors))
+            if failure is not None:
+                raise errors.ApplyFailed("rpm did not complete the plan: {}".format(
+                    str(failure).strip()))
+
+    def check(self, plan: Plan) -> None:
+        names = [c.name for c in plan.changes if c.action is not Action.REMOVE]
+        if names:
+            verify = subprocess.run(
+                ["rpm", "--root", self.root, "-V", "--nomtime"] + names,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            problems = dnf_explain.verify_problems(verify.stdout)
+            if problems:
+                raise errors.CheckFailed("rpm -V reports: " + "; ".join(problems))
+        base = self._fresh_base()
+        installed = {}   # type: Dict[str, List[str]]
+        for pkg in base.sack.query().installed():
+            installed.setdefault(pkg.name, []).append(dnf_explain.evr(pkg))
+        self._close_base()
+        for change in plan.changes:
+            have = installed.get(change.name, [])
+            if (change.new is None and have) or (change.new is not None
+                                                 and change.new not in have):
+                raise errors.CheckFailed("{} is at {} instead of {}".format(
+                    change.name, ", ".join(have) or "(not installed)",
+                    change.new or "(removed)"))
+
+
+def _keys(plan: Plan):
+    return {(c.name, c.arch, c.new, c.action) for c in plan.changes}
