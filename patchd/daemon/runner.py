@@ -65,12 +65,22 @@ class TransactionRunner:
         return self._drive(engine, engine.start())
 
     def recover(self) -> List[Transaction]:
-        """Converge every transaction the journal shows unfinished."""
+        """Converge every transaction the journal shows unfinished.
+
+        The package database lock is taken first, even for transactions that
+        touched nothing: it waits for a package tool orphaned by the crash
+        (dpkg, rpm) to exit, and takes over dnf's lock from the dead process.
+        """
+        unfinished = self.journal.unfinished()
+        if not unfinished:
+            return []
         finished = []
-        for tx in self.journal.unfinished():
-            log.warning("recovering interrupted transaction", tx=tx.id, state=tx.state.value)
-            engine = eng.Engine(tx)
-            finished.append(self._drive(engine, engine.recover()))
+        with self.backend.locked():
+            for tx in unfinished:
+                log.warning("recovering interrupted transaction", tx=tx.id,
+                            state=tx.state.value)
+                engine = eng.Engine(tx)
+                finished.append(self._drive(engine, engine.recover()))
         return finished
 
     def _drive(self, engine: eng.Engine, effects: List[eng.Effect]) -> Transaction:

@@ -30,9 +30,11 @@ from tests.lab.roots import clone_root
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 # Installed in every baseline endpoint.
 BASELINE = ("demo-lib=1.0", "demo-app=1.0", "demo-tool=1.0", "demo-slow=1.0")
-# Paths apt rewrites on every run (caches, indexes): not package state.
+# Paths apt and dnf rewrite on every run (caches, indexes), and dnf's pid
+# lock, which a killed process leaves behind (dnf takes over a dead pid's
+# lock): not package state.
 VOLATILE = ("var/cache/apt", "var/lib/apt/lists", "var/cache/debconf/templates.dat-old",
-            "var/cache/debconf/config.dat-old", "var/cache/dnf")
+            "var/cache/debconf/config.dat-old", "var/cache/dnf", "var/lib/dnf/rpmdb_lock.pid")
 
 
 class Endpoint:
