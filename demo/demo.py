@@ -1,10 +1,11 @@
-"""``make demo``: patchd on a sandboxed endpoint, told step by step.
+"""``make demo``: patchd on sandboxed endpoints, told step by step.
 
-Builds a real Debian 12 root (mmdebstrap) in a btrfs subvolume on a loop
-device, with a signed local repository, and drives the real ``patchd``
-executable against it: one upgrade that succeeds, and one whose
-post-installation script fails and is rolled back automatically. The host's
-own packages are never touched; everything is removed at the end.
+The same story on both families: a real Debian 12 root (mmdebstrap) and an
+rpm root (openEuler os-release, dnf), each in a btrfs subvolume on a loop
+device with a signed local repository, driven by the real ``patchd``
+executable: one upgrade that succeeds, and one whose post-installation
+script fails and is rolled back automatically. The host's own packages are
+never touched; everything is removed at the end.
 """
 
 import os
@@ -16,7 +17,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from tests.lab.endpoint import VOLATILE, Lab, changed_paths
+from tests.lab.endpoint import Lab, changed_paths
 from tests.lab.fingerprint import tree_fingerprint
 
 
@@ -32,9 +33,10 @@ def heading(text: str) -> None:
 def show_packages(endpoint) -> None:
     for name, (version, status) in sorted(endpoint.demo_versions().items()):
         state = "installed" if status == "ii" else "BROKEN ({})".format(status)
-        say("   {:<12} {:<6} {}".format(name, version, state))
+        say("   {:<12} {:<8} {}".format(name, version, state))
     audit = endpoint.audit()
-    say("   dpkg --audit: " + ("clean" if not audit else audit))
+    check = "dpkg --audit" if endpoint.family.name == "deb" else "rpm -Va"
+    say("   {}: {}".format(check, "clean" if not audit else audit))
 
 
 def run_patchd(endpoint, *args: str) -> int:
@@ -49,18 +51,17 @@ def run_patchd(endpoint, *args: str) -> int:
     return result.returncode
 
 
-def main() -> int:
-    if os.geteuid() != 0:
-        say("The demo needs root: it mounts a loop device and runs dpkg in a chroot.")
-        return 1
-    base = pathlib.Path(tempfile.mkdtemp(prefix="patchd-demo-"))
-    heading("Setting up a sandboxed endpoint")
-    say("   A real Debian 12 root (mmdebstrap --variant=apt, cached) in a btrfs")
-    say("   subvolume on a loop device under {}, and a local".format(base))
-    say("   repository signed with an Ed25519 key. Nothing outside it is changed.")
+def story(family: str, base: pathlib.Path) -> bool:
+    title = {"deb": "a Debian 12 root (apt/dpkg), as on Kylin, UOS, Deepin",
+             "rpm": "an openEuler-style root (dnf/rpm), as on openEuler, Anolis"}[family]
+    heading("Setting up a sandboxed endpoint: " + title)
+    say("   The root lives in a btrfs subvolume on a loop device under {},".format(base))
+    say("   with a local repository signed with an Ed25519 key. Nothing outside it")
+    say("   is changed.")
     started = time.monotonic()
-    with Lab(base) as lab:
+    with Lab(base, family=family) as lab:
         endpoint = lab.endpoint()
+        v = endpoint.v
         say("   ready in {:.1f} s; managed root: {}".format(time.monotonic() - started,
                                                            endpoint.root))
         say("   installed demo packages:")
@@ -70,32 +71,48 @@ def main() -> int:
         code = run_patchd(endpoint, "install", "demo-app=1.1", "demo-lib=1.1")
         say("   afterwards:")
         show_packages(endpoint)
-        ok = code == 0
+        ok = code == 0 and endpoint.demo_versions()["demo-app"][0] == v("1.1")
 
         heading("Step 2: an upgrade whose post-installation script fails (demo-app 1.2)")
-        say("   demo-app 1.2's postinst exits with status 1. dpkg would leave the")
-        say("   package half-configured; patchd restores the snapshot it took, live.")
+        if family == "deb":
+            say("   demo-app 1.2's postinst exits with status 1. dpkg would leave the")
+            say("   package half-configured; patchd restores the snapshot it took, live.")
+        else:
+            say("   demo-app 1.2's %post exits with status 1. rpm only warns and keeps")
+            say("   1.2 installed; patchd counts it as a failure and restores the snapshot.")
         before = tree_fingerprint(endpoint.root)
         code = run_patchd(endpoint, "install", "demo-app=1.2")
         say("   afterwards:")
         show_packages(endpoint)
         diff = changed_paths(before, tree_fingerprint(endpoint.root))
-        say("   files compared with before step 2 (ignoring {}): {}".format(
-            ", ".join(VOLATILE[:2]), "identical" if not diff else "\n     ".join(diff)))
+        say("   files compared with before step 2 (ignoring caches): {}".format(
+            "identical" if not diff else "\n     ".join(diff)))
         ok = ok and code == 2 and not diff and endpoint.audit() == ""
 
         heading("History and snapshots")
         run_patchd(endpoint, "history")
         run_patchd(endpoint, "snapshots")
         lab.discard(endpoint)
+    return ok
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        say("The demo needs root: it mounts loop devices and runs dpkg and rpm in a chroot.")
+        return 1
+    results = {}
+    for family in ("deb", "rpm"):
+        base = pathlib.Path(tempfile.mkdtemp(prefix="patchd-demo-{}-".format(family)))
+        try:
+            results[family] = story(family, base)
+        finally:
+            shutil.rmtree(str(base), ignore_errors=True)   # the lab unmounted its btrfs
     heading("Result")
-    if ok:
-        say("   The upgrade succeeded; the failing upgrade was rolled back to its")
-        say("   snapshot automatically and left no half-configured package.")
-    else:
-        say("   UNEXPECTED: see the output above.")
-    shutil.rmtree(str(base), ignore_errors=True)   # the lab unmounted its btrfs
-    return 0 if ok else 1
+    for family, ok in results.items():
+        say("   {}: {}".format(family, "the upgrade succeeded; the failing upgrade was rolled "
+                               "back automatically, nothing half-installed" if ok
+                               else "UNEXPECTED: see the output above"))
+    return 0 if all(results.values()) else 1
 
 
 if __name__ == "__main__":

@@ -258,11 +258,13 @@ def transaction_display(progress):
             self.script_errors = []   # type: List[str]
 
         def progress(self, package, action, ti_done, ti_total, ts_done, ts_total):
-            if ts_total:
-                part = (ti_done / ti_total) if ti_total else 1.0
-                progress(min(1.0, (max(ts_done - 1, 0) + part) / ts_total),
-                         "{}: {}".format(getattr(package, "name", package),
-                                         dnf.transaction.ACTIONS.get(action, "")))
+            if action == dnf.transaction.TRANS_PREPARATION or not ts_total:
+                # rpm's preparation reports itself as step 1 of 1: not progress.
+                return
+            part = (ti_done / ti_total) if ti_total else 1.0
+            progress(min(1.0, (max(ts_done - 1, 0) + part) / ts_total),
+                     "{}: {}".format(getattr(package, "name", package),
+                                     dnf.transaction.ACTIONS.get(action, "")))
 
         def error(self, message):
             self.script_errors.append(" ".join(str(message).split()))

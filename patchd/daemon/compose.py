@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from patchd.core import errors, names
+from patchd.core.model import Family
 from patchd.daemon.failpoints import Failpoints
 from patchd.daemon.runner import ProgressListener, StateListener, TransactionRunner
 
@@ -44,17 +45,24 @@ class Config:
         return os.path.join(self.state_dir, "logs")
 
 
-def build_backend(config: Config):
-    root = os.path.realpath(config.root)
+def detect_family(root: str) -> Family:
+    """The package family of ``root``, from the package database it has."""
     if os.path.exists(os.path.join(root, "var/lib/dpkg/status")):
-        from patchd.backends.apt import AptBackend
-        return AptBackend(root, config.state_dir, config.lock_timeout)
+        return Family.DEB
     if any(os.path.exists(os.path.join(root, db)) for db in RPM_DATABASES):
-        from patchd.backends.dnf import DnfBackend
-        return DnfBackend(root, config.state_dir, config.lock_timeout)
+        return Family.RPM
     raise errors.InvalidRequest(
         "{} has neither a dpkg nor an rpm database; patchd manages apt/dpkg and "
         "dnf/rpm systems".format(root))
+
+
+def build_backend(config: Config):
+    root = os.path.realpath(config.root)
+    if detect_family(root) is Family.DEB:
+        from patchd.backends.apt import AptBackend
+        return AptBackend(root, config.state_dir, config.lock_timeout)
+    from patchd.backends.dnf import DnfBackend
+    return DnfBackend(root, config.state_dir, config.lock_timeout)
 
 
 def build_journal(config: Config):

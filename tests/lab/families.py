@@ -18,10 +18,11 @@ from patchd.backends.apt import AptBackend
 from patchd.backends.dnf import DnfBackend
 from tests.lab.aptrepo import AptRepo, GpgKey
 from tests.lab.catalog import build_catalog, build_rpm_catalog
-from tests.lab.roots import prepare_template, set_sources
+from tests.lab.debs import DebSpec, build_deb
+from tests.lab.roots import prepare_template, set_sources, write_apt_config
 from tests.lab.rpmrepo import RpmRepo, export_armored
-from tests.lab.rpmroots import prepare_rpm_template, rpm_env, rpm_home, set_repos
-from tests.lab.rpms import build_lab_base
+from tests.lab.rpmroots import dnf_argv, prepare_rpm_template, rpm_env, rpm_home, set_repos
+from tests.lab.rpms import build_lab_base, build_rpm
 
 Versions = Dict[str, Tuple[str, str]]
 
@@ -51,6 +52,14 @@ class LabFamily:
         raise NotImplementedError
 
     def build_catalog(self, outdir: pathlib.Path) -> Dict:
+        raise NotImplementedError
+
+    def build(self, spec: DebSpec, outdir: pathlib.Path) -> pathlib.Path:
+        """One package of this family from a declarative spec."""
+        raise NotImplementedError
+
+    def native_install(self, root: pathlib.Path, specs: Iterable[str]):
+        """(argv, env) of the native tool installing ``name=version`` specs."""
         raise NotImplementedError
 
     def publish(self, base_dir: pathlib.Path, packages: Dict, key: Optional[GpgKey],
@@ -95,6 +104,14 @@ class DebFamily(LabFamily):
 
     def build_catalog(self, outdir):
         return build_catalog(outdir)
+
+    def build(self, spec, outdir):
+        return build_deb(spec, outdir)
+
+    def native_install(self, root, specs):
+        conf = write_apt_config(root, pathlib.Path(root).parent / (root.name + "-apt.conf"))
+        env = dict(os.environ, APT_CONFIG=str(conf), DEBIAN_FRONTEND="noninteractive")
+        return ["apt-get", "-y", "-q", "install"] + list(specs), env
 
     def publish(self, base_dir, packages, key, name):
         repo = AptRepo(base_dir / name)
@@ -149,6 +166,12 @@ class RpmFamily(LabFamily):
 
     def build_catalog(self, outdir):
         return build_rpm_catalog(outdir)
+
+    def build(self, spec, outdir):
+        return build_rpm(spec, outdir)
+
+    def native_install(self, root, specs):
+        return dnf_argv(root, "install", *(s.replace("=", "-") for s in specs)), self.env()
 
     def publish(self, base_dir, packages, key, name):
         repo = RpmRepo(base_dir / name)
