@@ -261,3 +261,17 @@ def test_retention_keeps_last_n(endpoint):
         assert code == 0, tx
     code, snaps, _ = endpoint.patchd_json("snapshots")
     assert len(snaps) == 2 and snaps[-1]["name"] == tx["snapshot"]["name"]
+
+
+def test_dnf_excludes_are_honoured(endpoint):
+    """``exclude=`` in dnf.conf hides packages from dnf; apt has no such
+    setting (holds are its tool, tested above), so this runs on rpm only."""
+    if endpoint.family.name != "rpm":
+        pytest.skip("exclude= is a dnf.conf setting; apt/dpkg has none")
+    conf = endpoint.root / "etc/dnf/dnf.conf"
+    conf.write_text(conf.read_text() + "exclude=demo-lib\n")
+    code, plan, _ = endpoint.patchd_json("updates")
+    assert code == 0
+    assert "demo-lib" not in {c["name"] for c in plan["changes"]}
+    code, tx, _ = endpoint.patchd_json("install", "demo-lib=1.1")
+    assert code == 1 and tx["error"]["code"] == "package-not-found"
