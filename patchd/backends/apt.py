@@ -17,18 +17,17 @@ Rules:
   ``dpkg --audit`` so a half-configured package can never pass.
 """
 
-import contextlib
 import hashlib
 import os
 import subprocess
 import sys
-import time
-from typing import Dict, Iterator, List, Optional
+from typing import ContextManager, Dict, List, Optional
 
 import structlog
 
 from patchd.backends import apt_explain
 from patchd.backends.diskspace import require_space
+from patchd.backends.locks import ReentrantHold, wait_for
 from patchd.core import errors
 from patchd.core.model import Action, Family, Operation, PackageChange, Plan, Request
 from patchd.core.names import DEFAULT_LOCK_TIMEOUT_S
@@ -36,7 +35,6 @@ from patchd.core.ports import PackageBackend, Progress, no_progress
 
 log = structlog.get_logger(__name__)
 
-LOCK_POLL_S = 0.2
 
 
 def _init_python_apt(root: str, config_dir: str):
@@ -88,8 +86,7 @@ class AptBackend(PackageBackend):
         self.lock_timeout = lock_timeout
         self._apt, self._apt_pkg = _init_python_apt(self.root, config_dir)
         self._cache = None
-        self._lock_depth = 0
-        self._lock_generation = 0
+        self._hold = ReentrantHold(self._acquire, self._apt_pkg.pkgsystem_unlock, lock_timeout)
         # (plan, lock generation) whose marks the open cache holds: apply can
         # reuse download's marks when the lock was held in between, because
         # then nothing can have changed the database.
@@ -97,37 +94,23 @@ class AptBackend(PackageBackend):
 
     # -- locking --
 
-    @contextlib.contextmanager
-    def locked(self, timeout: Optional[float] = None) -> Iterator[None]:
+    def locked(self, timeout: Optional[float] = None) -> ContextManager[None]:
         """Hold dpkg's frontend lock; re-entrant within this backend."""
-        if self._lock_depth == 0:
-            self._acquire(timeout if timeout is not None else self.lock_timeout)
-            self._lock_generation += 1
-        self._lock_depth += 1
-        try:
-            yield
-        finally:
-            self._lock_depth -= 1
-            if self._lock_depth == 0:
-                self._apt_pkg.pkgsystem_unlock()
+        return self._hold(timeout)
 
     def _acquire(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        waited = False
-        while True:
+        holder = []   # type: List[str]
+
+        def try_once() -> bool:
             try:
                 self._apt_pkg.pkgsystem_lock()
-                return
-            except SystemError as exc:
-                message = _first_error(exc)
-            if time.monotonic() >= deadline:
-                raise errors.LockTimeout(
-                    "the package database of {} stayed locked for {:.0f} s: {}".format(
-                        self.root, timeout, message))
-            if not waited:
-                log.info("waiting for dpkg lock", root=self.root, holder=message)
-                waited = True
-            time.sleep(LOCK_POLL_S)
+                return True
+            except SystemError as exc:   # apt names the holder in its message
+                holder[:] = [_first_error(exc)]
+                return False
+
+        wait_for(try_once, timeout, "the package database of " + self.root,
+                 lambda: "".join(holder))
 
     # -- reading --
 
@@ -234,7 +217,7 @@ class AptBackend(PackageBackend):
 
     def _mark_plan(self, plan: Plan):
         """Mark exactly ``plan`` on a fresh cache; refuse when apt disagrees."""
-        if self._cache is not None and self._marked == (plan, self._lock_generation):
+        if self._cache is not None and self._marked == (plan, self._hold.generation):
             return self._cache
         cache = self._open(fresh=True)
         with cache.actiongroup():
@@ -259,7 +242,7 @@ class AptBackend(PackageBackend):
                 "the repositories or the installed packages changed since the "
                 "plan was made; the plan no longer applies as is",
                 "Plan again; nothing was changed.")
-        self._marked = (plan, self._lock_generation)
+        self._marked = (plan, self._hold.generation)
         return cache
 
     def download(self, plan: Plan, progress: Progress = no_progress) -> None:

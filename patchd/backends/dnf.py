@@ -23,16 +23,15 @@ Rules:
   when dnf's resolution differs from the plan.
 """
 
-import contextlib
 import os
 import subprocess
-from typing import Dict, Iterator, List, Optional
+from typing import ContextManager, Dict, List, Optional
 
 import structlog
 
 from patchd.backends import dnf_explain
 from patchd.backends.diskspace import require_space
-from patchd.backends.locks import FcntlLock, wait_for
+from patchd.backends.locks import FcntlLock, ReentrantHold, wait_for
 from patchd.core import errors
 from patchd.core.model import Action, Family, Operation, PackageChange, Plan, Request
 from patchd.core.names import DEFAULT_LOCK_TIMEOUT_S
@@ -56,9 +55,8 @@ class DnfBackend(PackageBackend):
         self.root = os.path.realpath(root)
         self.log_dir = os.path.join(config_dir, "logs", "dnf")
         self.lock_timeout = lock_timeout
-        self._lock_depth = 0
-        self._lock_generation = 0
         self._locks = []   # type: List[object]
+        self._hold = ReentrantHold(self._acquire, self._release, lock_timeout)
         self._base = None
         self._marked = None   # (plan, lock generation) the open base's goal holds
 
@@ -113,19 +111,9 @@ class DnfBackend(PackageBackend):
 
     # -- locking --
 
-    @contextlib.contextmanager
-    def locked(self, timeout: Optional[float] = None) -> Iterator[None]:
+    def locked(self, timeout: Optional[float] = None) -> ContextManager[None]:
         """Hold rpm's and dnf's database locks; re-entrant within this backend."""
-        if self._lock_depth == 0:
-            self._acquire(timeout if timeout is not None else self.lock_timeout)
-            self._lock_generation += 1
-        self._lock_depth += 1
-        try:
-            yield
-        finally:
-            self._lock_depth -= 1
-            if self._lock_depth == 0:
-                self._release()
+        return self._hold(timeout)
 
     def _acquire(self, timeout: float) -> None:
         dnf = self._dnf
@@ -143,7 +131,8 @@ class DnfBackend(PackageBackend):
                 holder[:] = [dnf_explain.process(exc.pid)]
                 return False
         try:
-            wait_for(try_dnf, timeout, "dnf's lock on " + what, lambda: "".join(holder))
+            wait_for(try_dnf, timeout, "dnf's lock on " + what,
+                     lambda: "held by " + "".join(holder) if holder else "")
         except errors.LockTimeout:
             rpm_lock.release()
             raise
@@ -224,7 +213,7 @@ class DnfBackend(PackageBackend):
 
     def _mark_plan(self, plan: Plan):
         """A base whose goal is exactly ``plan``; refused when dnf disagrees."""
-        if self._base is not None and self._marked == (plan, self._lock_generation):
+        if self._base is not None and self._marked == (plan, self._hold.generation):
             return self._base
         base = self._fresh_base()
         dnf_explain.mark_plan(base, plan)
@@ -235,7 +224,7 @@ class DnfBackend(PackageBackend):
                 "the repositories or the installed packages changed since the "
                 "plan was made; the plan no longer applies as is",
                 "Plan again; nothing was changed.")
-        self._marked = (plan, self._lock_generation)
+        self._marked = (plan, self._hold.generation)
         return base
 
     def download(self, plan: Plan, progress: Progress = no_progress) -> None:

@@ -7,12 +7,17 @@ Rules:
   whether PackageKit, lastore or a stuck rpm is in the way.
 """
 
+import contextlib
 import fcntl
 import os
 import time
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
+
+import structlog
 
 from patchd.core import errors
+
+log = structlog.get_logger(__name__)
 
 POLL_S = 0.2
 
@@ -63,13 +68,50 @@ def describe_process(pid: int) -> str:
 
 def wait_for(try_once: Callable[[], bool], timeout: float, what: str,
              holder: Callable[[], str]) -> None:
-    """Call ``try_once`` until it returns True or ``timeout`` passes."""
+    """Call ``try_once`` until it returns True or ``timeout`` passes.
+
+    ``holder`` says who holds the lock, as a phrase ("held by 12 (rpm)").
+    """
     deadline = time.monotonic() + timeout
+    waited = False
     while not try_once():
         if time.monotonic() >= deadline:
-            raise errors.LockTimeout("{} stayed locked for {:.0f} s by {}".format(
-                what, timeout, holder() or "another process"))
+            raise errors.LockTimeout("{} stayed locked for {:.0f} s: {}".format(
+                what, timeout, holder() or "held by another process"))
+        if not waited:
+            log.info("waiting for lock", lock=what, holder=holder())
+            waited = True
         time.sleep(POLL_S)
+
+
+class ReentrantHold:
+    """Nested holds of one package-database lock, taken once.
+
+    ``generation`` changes at every fresh acquisition, so a backend can tell
+    whether the lock was held without a break since it last looked (then
+    nothing else can have changed the database).
+    """
+
+    def __init__(self, acquire: Callable[[float], None], release: Callable[[], None],
+                 timeout: float):
+        self._acquire = acquire
+        self._release = release
+        self.timeout = timeout
+        self.depth = 0
+        self.generation = 0
+
+    @contextlib.contextmanager
+    def __call__(self, timeout: Optional[float] = None) -> Iterator[None]:
+        if self.depth == 0:
+            self._acquire(timeout if timeout is not None else self.timeout)
+            self.generation += 1
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0:
+                self._release()
 
 
 class FcntlLock:
@@ -90,7 +132,10 @@ class FcntlLock:
             return False
 
     def acquire(self, timeout: float, what: str) -> None:
-        wait_for(self.try_acquire, timeout, what, lambda: ", ".join(holders(self.path)))
+        def holder() -> str:
+            found = holders(self.path)
+            return "held by " + ", ".join(found) if found else ""
+        wait_for(self.try_acquire, timeout, what, holder)
 
     def release(self) -> None:
         if self._fd is not None:
