@@ -12,11 +12,26 @@ subvolume swap; that is a separate, explicit admin action):
 3. ``btrfs send --no-data -p PRE WORK`` names the paths that differ;
 4. restore.py makes those paths of the live root equal to PRE;
 5. delete the work snapshot, commit.
+6. wait until the btrfs cleaner has freed the deleted work snapshots; then
+   keep ``<tx>-failed`` only if the filesystem still has ``min_free_fraction``
+   of its space free (default ``MIN_FREE_FRACTION``), else delete it (and
+   wait for that too), logging why.
 
 Steps 2-5 are repeated until a pass finds nothing left to change (at most
 ``MAX_PASSES``): the second pass proves the first converged, and also catches
 files a running service wrote meanwhile. Every step can be killed and the
 whole ``restore`` re-run: the diff is always recomputed from the live root.
+
+Why step 6: the failed snapshot holds every block the failed transaction
+wrote. When the disk filled during apply, those are the blocks that filled
+it, so keeping it would leave the restored root without space (measured: a
+postinst filling a 1 GiB filesystem left 0 bytes free after a successful
+rollback). Diagnosis is worth less than a working system, so it goes.
+The restore itself needs next to no data space (files are reflinked), so the
+snapshot can stay while restoring and is judged by what is free afterwards.
+Freed blocks count only once the cleaner has dropped the deleted snapshot
+and a commit followed, hence the wait: a rollback returns with its space
+back, and the next transaction's free-space check sees it.
 
 Rules:
 - ``exclude`` paths (patchd's own journal) and ``snapshot_dir`` are never
@@ -32,7 +47,8 @@ import logging
 import os
 import struct
 import subprocess
-from typing import Callable, Iterable, List, Sequence, Tuple
+import time
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import btrfsutil
 
@@ -49,6 +65,11 @@ log = logging.getLogger(__name__)
 KIND = "btrfs"
 WORK_NAME = ".patchd-restore-work"
 MAX_PASSES = 3
+# After a rollback the failed-state snapshot is kept only if at least this
+# fraction of the filesystem is free (step 6 above).
+MIN_FREE_FRACTION = 0.10
+# How long a rollback waits for the btrfs cleaner to free deleted snapshots.
+CLEANER_TIMEOUT_S = 60.0
 
 # BTRFS_IOC_INO_PATHS = _IOWR(0x94, 35, struct btrfs_ioctl_ino_path_args),
 # include/uapi/linux/btrfs.h; the args are inum, size, reserved[4], fspath.
@@ -78,7 +99,12 @@ def inode_paths(fd: int, ino: int) -> List[str]:
 class BtrfsSnapshotter(Snapshotter):
     """Read-only snapshots of ``root`` in ``snapshot_dir``; live rollback."""
 
-    def __init__(self, root: str, snapshot_dir: str, exclude: Sequence[str] = ()):
+    def __init__(self, root: str, snapshot_dir: str, exclude: Sequence[str] = (),
+                 min_free_fraction: float = MIN_FREE_FRACTION):
+        if not 0.0 <= min_free_fraction <= 1.0:
+            raise ValueError("min_free_fraction must be within 0..1, not {}".format(
+                min_free_fraction))
+        self.min_free_fraction = min_free_fraction
         self.root = os.path.abspath(root)
         self.snapshot_dir = os.path.abspath(snapshot_dir)
         try:
@@ -130,11 +156,13 @@ class BtrfsSnapshotter(Snapshotter):
                                         "changed by the rollback".format(pre))
         try:
             progress(0.0, "keeping the failed state")
-            self._keep_failed(ref.name)
+            failed = self._keep_failed(ref.name)
+            dropped = []   # type: List[Optional[int]]
             # Pass i reports within bounds[i]..bounds[i + 1], so fractions only grow.
             bounds = (0.05, 0.80, 0.95, 0.99)
             for i in range(MAX_PASSES):
-                changed = self._pass(pre, _scaled(progress, bounds[i], bounds[i + 1]))
+                changed = self._pass(pre, _scaled(progress, bounds[i], bounds[i + 1]),
+                                     dropped)
                 if not changed:
                     break
                 if i:
@@ -148,6 +176,9 @@ class BtrfsSnapshotter(Snapshotter):
                     .format(self.root, pre, MAX_PASSES, ", ".join(changed[:10])),
                     hint="Stop the service writing there, or exclude its data from "
                     "rollback, then retry the rollback.")
+            self._wait_cleaned(dropped)
+            if failed is not None:
+                self._keep_failed_only_with_room(failed)
             btrfsutil.sync(self.root)
         except (btrfsutil.BtrfsUtilError, OSError, ValueError) as e:
             raise errors.RollbackFailed("rollback of {} to {} failed: {}".format(
@@ -213,28 +244,72 @@ class BtrfsSnapshotter(Snapshotter):
                 return False
             raise
 
-    def _drop(self, path: str) -> None:
+    def _drop(self, path: str) -> Optional[int]:
+        """Delete the subvolume at ``path``; its id, or None if there was none."""
         try:
+            subvolume = btrfsutil.subvolume_id(path)
             btrfsutil.delete_subvolume(path)
         except btrfsutil.BtrfsUtilError as e:
             if e.errno != errno.ENOENT:
                 raise
+            return None
+        return subvolume
 
-    def _keep_failed(self, pre_name: str) -> None:
+    def _keep_failed(self, pre_name: str) -> Optional[str]:
+        """Snapshot the broken state once; its path, or None if not named."""
         parsed = names.parse_snapshot_name(pre_name)
         if parsed is None:
-            return
+            return None
         failed = names.snapshot_name(parsed[0], names.SNAPSHOT_FAILED)
+        if failed == pre_name:
+            return None
         path = os.path.join(self.snapshot_dir, failed)
         # Only once: a re-run after a crash must keep the original broken
-        # state, not a half-restored one.
-        if failed != pre_name and not self._is_snapshot(path):
+        # state, not a half-restored one. (A crash after step 6 deleted it
+        # but before the journal's final record makes the re-run keep the
+        # restored state under this name; it shares all its blocks.)
+        if not self._is_snapshot(path):
             btrfsutil.create_snapshot(self.root, path, read_only=True)
+        return path
 
-    def _pass(self, pre: str, progress: Progress) -> Tuple[str, ...]:
-        """One diff-and-restore pass; returns the entries that had to change."""
+    def _keep_failed_only_with_room(self, failed: str) -> None:
+        """Delete the failed-state snapshot if too little of the filesystem is free."""
+        if not self._is_snapshot(failed):
+            return
+        st = os.statvfs(self.root)
+        free = float(st.f_bavail) / st.f_blocks if st.f_blocks else 0.0
+        if free >= self.min_free_fraction:
+            return
+        log.warning("not keeping the failed state %s: only %.1f%% (%d MiB) of %s is free, "
+                    "less than %.1f%%, and the snapshot holds the blocks the failed "
+                    "transaction wrote", failed, free * 100,
+                    (st.f_bavail * st.f_frsize) >> 20, self.root,
+                    self.min_free_fraction * 100)
+        self._wait_cleaned([self._drop(failed)])
+
+    def _wait_cleaned(self, subvolumes: Iterable[Optional[int]]) -> None:
+        """Wait until the cleaner has freed these deleted subvolumes, then
+        commit, so their blocks count as free (bounded by CLEANER_TIMEOUT_S)."""
+        waiting = set(s for s in subvolumes if s is not None)
+        if not waiting:
+            return
+        btrfsutil.sync(self.root)   # the commit wakes the cleaner
+        deadline = time.monotonic() + CLEANER_TIMEOUT_S
+        while waiting.intersection(btrfsutil.deleted_subvolumes(self.root)):
+            if time.monotonic() > deadline:
+                log.warning("the btrfs cleaner has not freed deleted snapshots %s of %s "
+                            "after %.0f s; their space comes back later",
+                            sorted(waiting), self.root, CLEANER_TIMEOUT_S)
+                return
+            time.sleep(0.01)
+        btrfsutil.sync(self.root)   # freed extents are free once committed
+
+    def _pass(self, pre: str, progress: Progress,
+              dropped: List[Optional[int]]) -> Tuple[str, ...]:
+        """One diff-and-restore pass; returns the entries that had to change.
+        The ids of the work snapshots it deleted are added to ``dropped``."""
         work = os.path.join(self.snapshot_dir, WORK_NAME)
-        self._drop(work)
+        dropped.append(self._drop(work))
         btrfsutil.create_snapshot(self.root, work, read_only=True)
         try:
             paths = sendstream.changed_paths(self._send(pre, work))
@@ -253,7 +328,7 @@ class BtrfsSnapshotter(Snapshotter):
             finally:
                 os.close(root_fd)
         finally:
-            self._drop(work)
+            dropped.append(self._drop(work))
         log.info("restore pass over %s: %d paths named, %d entries changed",
                  self.root, result.paths, len(result.changed))
         return result.changed

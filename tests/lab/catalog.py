@@ -11,6 +11,8 @@
 | demo-broken        | 1.0      | unsatisfiable Depends: does-not-exist (>= 9)    |
 | demo-conflict-a/-b | 1.0      | Conflicts with each other                       |
 | demo-slow          | 1.0 1.1  | postinst sleeps N s if /etc/demo-slow.sleep = N |
+| demo-fill          | 1.0      | postinst writes zeros to /var/tmp/demo-fill     |
+|                    |          | until the disk is full, then fails (ENOSPC)     |
 
 Rules:
 * Every package ships /usr/share/doc/<name>/VERSION containing its version,
@@ -80,6 +82,25 @@ def _slow(version: str) -> DebSpec:
                    description="lab package with a slow postinst")
 
 
+def _fill(version: str) -> DebSpec:
+    # Declared tiny, so patchd's free-space check passes and the disk fills
+    # *during* apply.  The zeros come from a sparse 4 GiB file, not
+    # /dev/zero: the rpm lab root has no /dev.  dd, not cat: GNU cat copies
+    # with copy_file_range, which on btrfs reflinks the holes and writes
+    # nothing.  dd fails with ENOSPC, and so (set -e) does the postinst.
+    body = (
+        'if [ "$1" = configure ]; then\n'
+        '    mkdir -p "${DPKG_ROOT:-}/var/tmp"\n'
+        '    truncate -s 4G "${DPKG_ROOT:-}/var/tmp/demo-fill.zeros"\n'
+        '    dd if="${DPKG_ROOT:-}/var/tmp/demo-fill.zeros" '
+        'of="${DPKG_ROOT:-}/var/tmp/demo-fill" bs=1M\n'
+        "fi\n"
+    )
+    return DebSpec("demo-fill", version, postinst=body,
+                   files=(_version_file("demo-fill", version),),
+                   description="lab package whose postinst fills the disk")
+
+
 def _simple(name: str, version: str, **fields) -> DebSpec:
     return DebSpec(name, version, files=(_version_file(name, version),),
                    description="lab package " + name, **fields)
@@ -102,6 +123,7 @@ CATALOG = (
     _simple("demo-conflict-b", "1.0", conflicts=("demo-conflict-a",)),
     _slow("1.0"),
     _slow("1.1"),
+    _fill("1.0"),
 )  # type: Tuple[DebSpec, ...]
 
 PACKAGE_NAMES = tuple(sorted({spec.name for spec in CATALOG}))

@@ -10,17 +10,20 @@ Rules:
 - Nothing here touches the host's package state: every command is pointed
   at the endpoint's root (apt with ``APT_CONFIG`` for that root, dnf with
   ``installroot`` and the root's own configuration).
-- ``Lab`` owns the loop-mounted btrfs and cleans it up on exit.
+- ``Lab`` owns the loop-mounted btrfs and cleans it up on exit;
+  ``Lab.small_endpoint`` gives an endpoint a small btrfs of its own (to
+  fill the disk) and unmounts and detaches it on exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import subprocess
 import sys
 import uuid
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from tests.lab import btrfs as lab_btrfs
 from tests.lab.aptrepo import GpgKey
@@ -167,9 +170,59 @@ class Lab:
         state.mkdir(parents=True)
         return Endpoint(root, state, snapshots, self.family)
 
+    @contextlib.contextmanager
+    def small_endpoint(self, size: str = "1G") -> Iterator[Endpoint]:
+        """A baseline endpoint alone on a fresh btrfs of ``size``, so a test
+        can fill its disk quickly; unmounted and detached on exit.
+
+        The baseline is copied with ``btrfs send`` (of a read-only snapshot)
+        | ``btrfs receive``; the root is a writable snapshot of the received
+        copy, which stays beside it (sharing all its blocks). The snapshot
+        directory is on the small filesystem, the state directory outside.
+        """
+        import btrfsutil
+
+        unique = uuid.uuid4().hex[:12]
+        source = self.mountpoint / "send" / unique
+        state = self.base_dir / "state" / unique
+        with lab_btrfs.LoopBtrfs(self.base_dir, size=size) as fs:
+            mnt = pathlib.Path(fs.mountpoint)
+            source.parent.mkdir(exist_ok=True)
+            btrfsutil.create_snapshot(str(self.baseline), str(source), read_only=True)
+            try:
+                _send_receive(source, mnt)
+            finally:
+                btrfsutil.delete_subvolume(str(source))
+            root = clone_root(mnt / unique, mnt / "roots" / unique)
+            snapshots = mnt / "snapshots" / unique
+            snapshots.mkdir(parents=True)
+            state.mkdir(parents=True)
+            try:
+                yield Endpoint(root, state, snapshots, self.family)
+            finally:
+                lab_btrfs.remove_tree(state)
+
     def discard(self, endpoint: Endpoint) -> None:
         for path in (endpoint.root, endpoint.snapshot_dir, endpoint.state_dir):
             lab_btrfs.remove_tree(path)
+
+
+def _send_receive(snapshot: pathlib.Path, dest: pathlib.Path) -> None:
+    """``btrfs send SNAPSHOT | btrfs receive DEST`` (a read-only copy
+    named like SNAPSHOT appears in DEST)."""
+    send = subprocess.Popen(["btrfs", "send", "-q", str(snapshot)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        receive = subprocess.run(["btrfs", "receive", "-q", str(dest)], stdin=send.stdout,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finally:
+        send.stdout.close()
+        send_error = send.stderr.read().decode(errors="replace")
+        send.stderr.close()
+        send.wait()
+    if send.returncode != 0 or receive.returncode != 0:
+        raise RuntimeError("btrfs send | receive of {} failed: {}{}".format(
+            snapshot, send_error, receive.stdout))
 
 
 def changed_paths(a: Dict, b: Dict, exclude: Iterable[str] = VOLATILE) -> List[str]:

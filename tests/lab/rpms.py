@@ -41,7 +41,7 @@ BUSYBOX = "/bin/busybox"
 # Applets scriptlets (the catalogue's included) call by name; echo, test,
 # [, true and false are also ash builtins, but a script may exec them.
 BASE_APPLETS = ("sleep", "cat", "echo", "mkdir", "rm", "touch", "true", "false",
-                "test", "[")
+                "test", "[", "truncate", "dd")
 
 _OPS = {"<<": "<", "<=": "<=", "=": "=", ">=": ">=", ">>": ">"}
 # rpm's instance count ($1) -> the argument dpkg would pass.
