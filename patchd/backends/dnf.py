@@ -23,7 +23,10 @@ Rules:
   when dnf's resolution differs from the plan.
 """
 
+import errno
+import json
 import os
+import signal
 import subprocess
 from typing import ContextManager, Dict, List, Optional
 
@@ -124,12 +127,23 @@ class DnfBackend(PackageBackend):
         holder = []   # type: List[str]
 
         def try_dnf() -> bool:
+            nonlocal dnf_lock
             try:
                 dnf_lock.__enter__()
                 return True
             except dnf.exceptions.ProcessLockError as exc:
                 holder[:] = [dnf_explain.process(exc.pid)]
                 return False
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # dnf's lock is a pid written into a file; on a full disk it
+                # cannot be written. rpm's lock, held above, is the one that
+                # guards the database: go on, so a rollback can free space.
+                log.warning("dnf's lock file cannot be written (disk full); "
+                            "holding rpm's lock only", root=self.root)
+                dnf_lock = None
+                return True
         try:
             wait_for(try_dnf, timeout, "dnf's lock on " + what,
                      lambda: "held by " + "".join(holder) if holder else "")
@@ -141,7 +155,8 @@ class DnfBackend(PackageBackend):
     def _release(self) -> None:
         rpm_lock, dnf_lock = self._locks
         try:
-            dnf_lock.__exit__(None, None, None)
+            if dnf_lock is not None:
+                dnf_lock.__exit__(None, None, None)
         except FileNotFoundError:
             pass   # dnf's own inner lock of the same file removed it already
         rpm_lock.release()
@@ -241,26 +256,80 @@ class DnfBackend(PackageBackend):
                 dnf_explain.verify_signature(base, pkg)
 
     def apply(self, plan: Plan, progress: Progress = no_progress) -> None:
+        """Run the rpm transaction in a child process.
+
+        librpm and libdnf write through memory maps (rpmdb, dnf history):
+        on a full disk that is SIGBUS, which must kill a child, not patchd,
+        so that the failure is reported and rolled back. The child builds
+        its own base (no sqlite connection crosses the fork) and takes the
+        database locks itself; this process lets go of its own meanwhile,
+        since fcntl locks belong to a process, as python-apt does for dpkg.
+        """
         with self.locked():
-            base = self._mark_plan(plan)
-            display = dnf_explain.transaction_display(progress)
-            failure = None   # type: Optional[Exception]
+            self._mark_plan(plan)   # refuse here if the plan no longer applies
+            self._close_base()
+            self._release()
             try:
-                base.do_transaction(display=display)
-            except self._dnf.exceptions.Error as exc:
-                failure = exc
+                script_errors, failure = self._transaction_in_child(plan, progress)
             finally:
-                self._close_base()   # rpm changed the database under it
-                # rpm drops every lock this process holds on .rpm.lock when
-                # it closes its own descriptor, and dnf's inner rpmdb lock
-                # deletes the pid file on exit: take both again.
-                self._release()
                 self._acquire(self.lock_timeout)
-            if display.script_errors:
-                raise errors.ScriptFailed("; ".join(display.script_errors))
+            if script_errors:
+                raise errors.ScriptFailed("; ".join(script_errors))
             if failure is not None:
-                raise errors.ApplyFailed("rpm did not complete the plan: {}".format(
-                    str(failure).strip()))
+                raise errors.ApplyFailed("rpm did not complete the plan: " + failure)
+
+    def _transaction_in_child(self, plan: Plan, progress: Progress):
+        """(scriptlet errors, failure or None) of the child's transaction."""
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the child: never returns
+            os.close(read_fd)
+            self._child_transaction(plan, os.fdopen(write_fd, "w", buffering=1))
+        os.close(write_fd)
+        script_errors = []   # type: List[str]
+        failure = None   # type: Optional[str]
+        with os.fdopen(read_fd) as reports:
+            for line in reports:
+                kind, value, message = json.loads(line)
+                if kind == "progress":
+                    progress(value, message)
+                elif kind == "error":
+                    script_errors.append(message)
+                else:
+                    failure = message
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            number = os.WTERMSIG(status)
+            failure = "rpm's transaction process was killed by signal {} ({})".format(
+                number, signal.Signals(number).name)
+        elif os.WEXITSTATUS(status) and failure is None:
+            failure = "rpm's transaction process exited with status {}".format(
+                os.WEXITSTATUS(status))
+        return script_errors, failure
+
+    def _child_transaction(self, plan: Plan, reports) -> None:
+        def send(kind: str, value: float, message: str) -> None:
+            try:
+                reports.write(json.dumps([kind, value, message]) + "\n")
+            except OSError:
+                pass   # patchd died: let rpm finish; recovery waits for its lock
+
+        status = 0
+        try:
+            base = self._new_base()
+            dnf_explain.mark_plan(base, plan)
+            self._resolve(base, allow_erasing=True)
+            if _keys(self._plan_from_goal(base)) != _keys(plan):
+                raise errors.DependencyProblem("the plan no longer applies as is")
+            base.do_transaction(display=dnf_explain.transaction_display(
+                lambda fraction, message: send("progress", fraction, message),
+                lambda message: send("error", 0.0, message)))
+            base.close()
+        except BaseException as exc:   # reported to the parent, which decides
+            send("failure", 0.0, " ".join(str(exc).split()) or repr(exc))
+            status = 1
+        finally:
+            os._exit(status)   # no atexit handlers, no parent state flushed
 
     def check(self, plan: Plan) -> None:
         names = [c.name for c in plan.changes if c.action is not Action.REMOVE]

@@ -247,15 +247,12 @@ def verify_problems(output: str) -> List[str]:
     return problems
 
 
-def transaction_display(progress):
-    """A dnf display that reports progress and keeps every error rpm reports."""
+def transaction_display(progress, on_error):
+    """A dnf display that reports progress and passes on every error rpm reports."""
     import dnf.callback
     import dnf.transaction
 
     class Display(dnf.callback.TransactionProgress):
-        def __init__(self):
-            super().__init__()
-            self.script_errors = []   # type: List[str]
 
         def progress(self, package, action, ti_done, ti_total, ts_done, ts_total):
             if action == dnf.transaction.TRANS_PREPARATION or not ts_total:
@@ -267,6 +264,13 @@ def transaction_display(progress):
                                      dnf.transaction.ACTIONS.get(action, "")))
 
         def error(self, message):
-            self.script_errors.append(" ".join(str(message).split()))
+            on_error(" ".join(str(message).split()))
+
+        def scriptout(self, msgs):
+            # Scriptlet output goes where dpkg's goes: standard output, which
+            # the runner points at the transaction's log.
+            if msgs:
+                text = msgs if isinstance(msgs, str) else msgs.decode("utf-8", "replace")
+                os.write(1, text.encode("utf-8", "replace"))
 
     return Display()

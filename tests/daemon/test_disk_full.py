@@ -13,9 +13,11 @@ failed-state snapshot, which would hold the blocks that filled the disk, is
 not kept (``patchd/snapshot/btrfs.py``, step 6). Nothing leaked: a normal
 transaction succeeds on the same endpoint right afterwards.
 
-On rpm this is a strict expected failure until the dnf backend survives a
-full disk (``RPM_BUGS``); the rollback itself works there too (checked by
-restoring by hand after the crash: audit clean, space back).
+On rpm, libdnf writes its history through a memory map at the end of the
+transaction; on a full disk that faults with SIGBUS. The dnf backend runs
+the transaction in a child process for that reason, and recovery holds
+rpm's lock alone when dnf's pid file cannot be written: this test is what
+found both.
 """
 
 import os
@@ -34,16 +36,6 @@ MiB = 1 << 20
 # (not "mixed"), as on the fleet's root filesystems.
 SIZE = "512M"
 
-RPM_BUGS = (
-    "dnf backend (patchd/backends/dnf.py), not rollback: when the disk fills, "
-    "libdnf writing its history (var/lib/dnf/history.sqlite in the root; "
-    "SQLite's WAL index is mmap'd, and btrfs cannot give a page of a full "
-    "disk) faults with SIGBUS at the end of do_transaction, killing patchd in "
-    "'applying' (exit -7); 'patchd recover' "
-    "then fails before restoring because dnf's pid lock file cannot be written "
-    "(OSError ENOSPC, not a PatchdError), so the root stays broken and full")
-
-
 @pytest.fixture
 def small_endpoint(lab):
     with lab.small_endpoint(SIZE) as endpoint:
@@ -55,10 +47,8 @@ def free_bytes(path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def test_disk_filling_during_apply_rolls_back_with_nothing_lost(small_endpoint, request):
+def test_disk_filling_during_apply_rolls_back_with_nothing_lost(small_endpoint):
     endpoint = small_endpoint
-    if endpoint.family.name == "rpm":
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=RPM_BUGS))
     # apt rewrites its binary caches (var/cache/apt/*.bin, 3.4 MiB) on its
     # first run in a root at a new path, before the snapshot is taken: run
     # it once first, so that only the transaction's own space is measured.
