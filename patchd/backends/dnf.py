@@ -26,8 +26,10 @@ Rules:
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from typing import ContextManager, Dict, List, Optional
 
 import structlog
@@ -57,6 +59,7 @@ class DnfBackend(PackageBackend):
         self._dnf = dnf
         self.root = os.path.realpath(root)
         self.log_dir = os.path.join(config_dir, "logs", "dnf")
+        self.tmp_dir = os.path.join(config_dir, "tmp", "rpm-transaction")
         self.lock_timeout = lock_timeout
         self._locks = []   # type: List[object]
         self._hold = ReentrantHold(self._acquire, self._release, lock_timeout)
@@ -280,10 +283,17 @@ class DnfBackend(PackageBackend):
 
     def _transaction_in_child(self, plan: Plan, progress: Progress):
         """(scriptlet errors, failure or None) of the child's transaction."""
+        # dnf keeps rpm's scriptlet output in temporary files that only its
+        # finalizers remove; a child ending in os._exit (or a signal) never
+        # runs them, so the child's temporary files go to a directory of
+        # patchd's that is removed afterwards.
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        os.makedirs(self.tmp_dir, mode=0o700)
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:   # the child: never returns
             os.close(read_fd)
+            tempfile.tempdir = self.tmp_dir
             self._child_transaction(plan, os.fdopen(write_fd, "w", buffering=1))
         os.close(write_fd)
         script_errors = []   # type: List[str]
@@ -298,6 +308,7 @@ class DnfBackend(PackageBackend):
                 else:
                     failure = message
         _, status = os.waitpid(pid, 0)
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
         if os.WIFSIGNALED(status):
             number = os.WTERMSIG(status)
             failure = "rpm's transaction process was killed by signal {} ({})".format(
