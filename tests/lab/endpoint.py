@@ -100,6 +100,14 @@ class Endpoint:
         return sorted(p.name for p in self.snapshot_dir.iterdir()) \
             if self.snapshot_dir.exists() else []
 
+    def differs_from_snapshot(self, tx: Dict) -> List[str]:
+        """Every difference between the root and ``tx``'s pre snapshot, caches
+        included; only the lock files a rollback leaves alone by design are
+        not compared."""
+        from tests.lab.fingerprint import tree_fingerprint
+        return changed_paths(tree_fingerprint(tx["snapshot"]["path"]),
+                             tree_fingerprint(self.root), exclude=self.family.restore_exempt)
+
     def hold(self, package: str) -> None:
         """``apt-mark hold`` / ``dnf versionlock add`` in the root."""
         self.family.hold(self.root, package)
