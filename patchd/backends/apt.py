@@ -28,6 +28,7 @@ import structlog
 from patchd.backends import apt_explain
 from patchd.backends.diskspace import require_space
 from patchd.backends.locks import ReentrantHold, wait_for
+from patchd.backends.plancheck import refuse_drift
 from patchd.core import errors
 from patchd.core.model import Action, Family, Operation, PackageChange, Plan, Request
 from patchd.core.names import DEFAULT_LOCK_TIMEOUT_S
@@ -237,11 +238,7 @@ class AptBackend(PackageBackend):
                 else:
                     pkg.mark_install(auto_fix=False, auto_inst=False, from_user=not change.auto)
         marked = self._plan_from_marks(cache)
-        if cache.broken_count or _keys(marked) != _keys(plan):
-            raise errors.DependencyProblem(
-                "the repositories or the installed packages changed since the "
-                "plan was made; the plan no longer applies as is",
-                "Plan again; nothing was changed.")
+        refuse_drift(marked, plan, broken=bool(cache.broken_count))
         self._marked = (plan, self._hold.generation)
         return cache
 
@@ -294,10 +291,6 @@ class AptBackend(PackageBackend):
             if have != change.new:
                 raise errors.CheckFailed("{} is at {} instead of {}".format(
                     change.name, have or "(not installed)", change.new or "(removed)"))
-
-
-def _keys(plan: Plan):
-    return {(c.name, c.arch, c.new, c.action) for c in plan.changes}
 
 
 def _first_error(exc: Exception) -> str:

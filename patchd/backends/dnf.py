@@ -37,6 +37,7 @@ import structlog
 from patchd.backends import dnf_explain
 from patchd.backends.diskspace import require_space
 from patchd.backends.locks import FcntlLock, ReentrantHold, wait_for
+from patchd.backends.plancheck import refuse_drift
 from patchd.core import errors
 from patchd.core.model import Action, Family, Operation, PackageChange, Plan, Request
 from patchd.core.names import DEFAULT_LOCK_TIMEOUT_S
@@ -237,11 +238,7 @@ class DnfBackend(PackageBackend):
         dnf_explain.mark_plan(base, plan)
         self._resolve(base, allow_erasing=True)
         marked = self._plan_from_goal(base)
-        if _keys(marked) != _keys(plan):
-            raise errors.DependencyProblem(
-                "the repositories or the installed packages changed since the "
-                "plan was made; the plan no longer applies as is",
-                "Plan again; nothing was changed.")
+        refuse_drift(marked, plan)
         self._marked = (plan, self._hold.generation)
         return base
 
@@ -330,8 +327,7 @@ class DnfBackend(PackageBackend):
             base = self._new_base()
             dnf_explain.mark_plan(base, plan)
             self._resolve(base, allow_erasing=True)
-            if _keys(self._plan_from_goal(base)) != _keys(plan):
-                raise errors.DependencyProblem("the plan no longer applies as is")
+            refuse_drift(self._plan_from_goal(base), plan)
             base.do_transaction(display=dnf_explain.transaction_display(
                 lambda fraction, message: send("progress", fraction, message),
                 lambda message: send("error", 0.0, message)))
@@ -364,6 +360,3 @@ class DnfBackend(PackageBackend):
                     change.name, ", ".join(have) or "(not installed)",
                     change.new or "(removed)"))
 
-
-def _keys(plan: Plan):
-    return {(c.name, c.arch, c.new, c.action) for c in plan.changes}

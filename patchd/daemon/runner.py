@@ -84,14 +84,13 @@ class TransactionRunner:
         return finished
 
     def _drive(self, engine: eng.Engine, effects: List[eng.Effect]) -> Transaction:
-        tx_log = log.bind(tx=engine.tx.id)
         with contextlib.ExitStack() as stack:
             stack.enter_context(logsetup.transaction_context(engine.tx.id))
             locked = False
             while effects:
                 effect = effects.pop(0)
                 if isinstance(effect, eng.Record):
-                    self._record(effect, tx_log)
+                    self._record(effect)
                     continue
                 if not locked and isinstance(effect, eng.WORK_EFFECTS):
                     try:
@@ -103,8 +102,8 @@ class TransactionRunner:
                         continue
                     locked = True
                 started = time.monotonic()
-                outcome = self._perform(effect, engine.tx, tx_log)
-                tx_log.info("step finished", step=type(effect).__name__,
+                outcome = self._perform(effect, engine.tx)
+                log.info("step finished", step=type(effect).__name__,
                             ms=round((time.monotonic() - started) * 1000, 1),
                             outcome=type(outcome).__name__ if outcome else None)
                 if outcome is not None:
@@ -112,16 +111,16 @@ class TransactionRunner:
                     effects = engine.feed(outcome) + effects
         return engine.tx
 
-    def _record(self, effect: eng.Record, tx_log) -> None:
+    def _record(self, effect: eng.Record) -> None:
         self.journal.record(effect.tx, effect.intent, effect.report)
-        tx_log.info("state", state=effect.tx.state.value, intent=effect.intent,
+        log.info("state", state=effect.tx.state.value, intent=effect.intent,
                     error=effect.tx.error.code if effect.tx.error else None)
         self.failpoints.hit("after-record:" + effect.tx.state.value)
         if effect.tx.state in TERMINAL:
             self.failpoints.hit("after-record:terminal")
         self.on_state(effect.tx, effect.intent)
 
-    def _perform(self, effect: eng.Effect, tx: Transaction, tx_log) -> Optional[object]:
+    def _perform(self, effect: eng.Effect, tx: Transaction) -> Optional[object]:
         """Do one effect; return its outcome (None for effects without one)."""
         name = type(effect).__name__
 
@@ -130,11 +129,11 @@ class TransactionRunner:
             self.on_progress(tx.id, name, fraction, message)
 
         if isinstance(effect, eng.DiscardSnapshot):
-            self._quietly(tx_log, "discard snapshot", self.snapshotter.delete, effect.snapshot)
+            self._quietly("discard snapshot", self.snapshotter.delete, effect.snapshot)
             return None
         if isinstance(effect, eng.Prune):
             protect = [t.id for t in self.journal.unfinished()]
-            self._quietly(tx_log, "prune snapshots", self.snapshotter.prune,
+            self._quietly("prune snapshots", self.snapshotter.prune,
                           self.snapshot_keep, protect)
             return None
         try:
@@ -156,20 +155,20 @@ class TransactionRunner:
                     self.snapshotter.restore(effect.snapshot, progress)
                     return eng.RolledBack()
         except errors.PatchdError as exc:
-            tx_log.warning("step failed", step=name, code=exc.code, message=exc.message)
+            log.warning("step failed", step=name, code=exc.code, message=exc.message)
             return eng.Failed(exc)
         except Exception as exc:   # a bug: still fail safely (and roll back)
-            tx_log.exception("step crashed", step=name)
+            log.exception("step crashed", step=name)
             return eng.Failed(errors.InternalError("{} crashed: {!r}".format(name, exc)))
         raise TypeError("unknown effect {!r}".format(effect))
 
     @staticmethod
-    def _quietly(tx_log, what: str, func, *args) -> None:
+    def _quietly(what: str, func, *args) -> None:
         """Housekeeping after a final record: failures are logged, not fatal."""
         try:
             func(*args)
         except Exception:
-            tx_log.exception(what + " failed")
+            log.exception(what + " failed")
 
     @contextlib.contextmanager
     def _output_to(self, tx_id: str) -> Iterator[None]:
